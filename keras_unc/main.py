@@ -1,0 +1,57 @@
+"""Command-line entry: `python -m keras_unc.main --gin_file=X.gin --workdir=DIR [--mode=...]`.
+
+Parses gin files and bindings (later ones win), then runs the one trainer. Flags
+`--strategy` and `--tpu` are shortcuts for `get_strategy.name` / `get_strategy.tpu`.
+"""
+
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), applied in order.")
+flags.DEFINE_multi_string("gin_param", [], "Gin bindings, e.g. 'train.total_steps=100'.")
+flags.DEFINE_string("workdir", None, "Output folder: checkpoints, TensorBoard, metrics, export.")
+flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval", "export"],
+                  "What to run.")
+flags.DEFINE_string("strategy", None, "auto | one_device | mirrored | multi_worker | tpu.")
+flags.DEFINE_string("tpu", None, "TPU name or address (Cloud TPU VM: 'local').")
+flags.mark_flag_as_required("workdir")
+
+
+def summary_table(result, workdir):
+  """A short human-readable summary of the last evaluation and the outputs."""
+  rows = [("step", str(result["step"]))]
+  rows += [(k, f"{v:.4f}") for k, v in result["metrics"].items() if k != "step"]
+  width = max(len(k) for k, _ in rows)
+  lines = ["", "=" * (width + 14), f"{'metric':<{width}}  value", "-" * (width + 14)]
+  lines += [f"{k:<{width}}  {v}" for k, v in rows]
+  lines += ["=" * (width + 14),
+            f"TensorBoard:  tensorboard --logdir {workdir}",
+            f"metrics:      {workdir}/metrics.jsonl",
+            f"config:       {workdir}/config.gin",
+            f"SavedModel:   {result['export'] or '(not exported in this mode)'}", ""]
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Imported here so --help is instant and configurables register before parsing.
+  from keras_unc import config, train as train_lib  # pylint: disable=import-outside-toplevel
+  params = list(FLAGS.gin_param)
+  if FLAGS.strategy:
+    params.append(f"get_strategy.name = '{FLAGS.strategy}'")
+  if FLAGS.tpu:
+    params.append(f"get_strategy.tpu = '{FLAGS.tpu}'")
+  try:
+    config.parse(FLAGS.gin_file, params)
+  except config.ConfigError as e:
+    print(f"ERROR: {e}", file=sys.stderr)
+    sys.exit(2)
+  result = train_lib.train(FLAGS.workdir, FLAGS.mode)
+  print(summary_table(result, FLAGS.workdir), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,158 @@
+"""The one trainer: every method and backbone trains, resumes, evaluates and exports here.
+
+`train(workdir, mode)` builds the strategy, then inside its scope the method, network,
+optimizer and checkpoint state, feeds `distribute_datasets_from_function` input to
+`keras.Model.fit`, runs the evaluators every `eval_every` steps and exports a SavedModel.
+Rerunning the same command resumes from the newest valid checkpoint.
+"""
+
+import math
+import os
+
+import gin
+import keras
+import tensorflow as tf
+from absl import logging
+
+from keras_unc import callbacks as cbs
+from keras_unc import checkpoints, config, distribute, export, optim
+from keras_unc.data import get_source, make_dataset
+from keras_unc.evaluators import Predictor
+from keras_unc.methods import Deterministic
+from keras_unc.model import TrainModel, build_network
+
+MODES = ("train", "eval", "train_and_eval", "export")
+
+
+def _as_float(x, y):
+  return tf.cast(x, tf.float32), y
+
+
+@gin.configurable(denylist=["workdir", "mode"])
+def train(workdir, mode="train_and_eval", *, dataset=gin.REQUIRED, split="train", preprocess="",
+          batch_size=128, total_steps=gin.REQUIRED, eval_every=None, checkpoint_every=None,
+          log_every=50, keep_checkpoints=3, method=None, evaluators=(), eval_batch_size=512,
+          seed=0, steps_per_execution=1, jit_compile=False, deterministic_ops=False,
+          warm_start=None, export_at_end=True, verbose=1):
+  """Trains and/or evaluates and/or exports one model in `workdir`.
+
+  Args:
+    workdir: output folder (checkpoints/, TensorBoard events, metrics.jsonl, export/).
+    mode: one of `MODES`.
+    dataset, split, preprocess: the training source name, split and op string.
+    batch_size: global batch size (split over replicas).
+    total_steps: training steps.
+    eval_every, checkpoint_every: intervals in steps (default: `total_steps`).
+    log_every: TensorBoard scalar interval.
+    keep_checkpoints: newest checkpoints kept.
+    method: a `keras_unc.methods.Method` (default deterministic).
+    evaluators: evaluators run every `eval_every` steps and in `mode=eval`.
+    eval_batch_size: batch size of evaluation.
+    seed: seeds initialisation, data order and augmentation.
+    steps_per_execution, jit_compile: passed to `compile`.
+    deterministic_ops: enable TF op determinism (bit-identical resume tests).
+    warm_start: checkpoint folder whose model weights initialise a fresh run.
+    export_at_end: write the SavedModel when training finishes.
+    verbose: Keras progress bar (1) or none (0).
+
+  Returns:
+    dict with `step`, the last evaluation `metrics` and the `export` path.
+  """
+  if mode not in MODES:
+    raise ValueError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
+  os.makedirs(workdir, exist_ok=True)
+  keras.utils.set_random_seed(seed)
+  if deterministic_ops:
+    tf.config.experimental.enable_op_determinism()
+  distribute.set_precision()
+  strategy = distribute.get_strategy()
+  replicas = strategy.num_replicas_in_sync
+  if batch_size % replicas:
+    raise ValueError(f"Global batch size {batch_size} is not divisible by the {replicas} "
+                     f"replicas: set train.batch_size to a multiple of {replicas}.")
+  if replicas > 1 and steps_per_execution > 1:
+    # Keras 3.15 cannot run a multi-step loop on distributed iterators.
+    logging.warning("steps_per_execution=%d is not supported with %d replicas; using 1.",
+                    steps_per_execution, replicas)
+    steps_per_execution = 1
+  eval_every = eval_every or total_steps
+  checkpoint_every = checkpoint_every or eval_every
+  # Keras "epochs" are the largest interval that divides every event's period.
+  interval = math.gcd(math.gcd(eval_every, checkpoint_every), total_steps)
+
+  source = get_source(dataset)
+  method = method or Deterministic()
+  with strategy.scope():
+    network = build_network(method, source.num_classes, source.image_shape)
+    model = TrainModel(network, method, name="train_model")
+    optimizer = optim.make_optimizer(total_steps)
+    model.compile(optimizer=optimizer, steps_per_execution=steps_per_execution,
+                  jit_compile=jit_compile)
+    optimizer.build(model.trainable_variables)
+
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), keep_checkpoints)
+  step = _restore(ckpt, network, optimizer, warm_start, mode)
+  writer = tf.summary.create_file_writer(os.path.join(workdir, "train"))
+  eval_writer = tf.summary.create_file_writer(os.path.join(workdir, "eval"))
+  config.save_operative_config(workdir, writer)
+
+  predictor = Predictor(network, eval_batch_size)
+  last = {}
+
+  def run_eval(at_step):
+    predictor.reset()
+    found = {}
+    for evaluator in evaluators:
+      found.update(evaluator.evaluate(predictor))
+    if found:
+      last.clear()
+      last.update(cbs.write_metrics(workdir, eval_writer, at_step, found))
+
+  if mode in ("train", "train_and_eval") and step < total_steps:
+    def input_fn(ctx):
+      return make_dataset(source, split, preprocess, batch_size, train=True, seed=seed,
+                          start_step=step, input_context=ctx).map(_as_float)
+    data = strategy.distribute_datasets_from_function(input_fn)
+    guard = cbs.NanGuard()
+    saver = cbs.Checkpointing(ckpt, checkpoint_every, total_steps, guard, network)
+    callbacks = [guard, saver, cbs.ScalarLogger(writer, log_every, batch_size)]
+    if mode == "train_and_eval":
+      callbacks.append(cbs.Evaluation(run_eval, eval_every, total_steps))
+    model.fit(data, epochs=total_steps // interval + (total_steps % interval > 0),
+              steps_per_epoch=interval, initial_epoch=step // interval,
+              callbacks=callbacks + method.callbacks(), verbose=verbose)
+    if guard.bad_step is not None:
+      good = ckpt.steps()
+      raise cbs.NonFiniteLossError(
+          f"Non-finite training loss at step {guard.bad_step}; training stopped. The last good "
+          f"checkpoint ({ckpt.path(good[0]) if good else 'none'}) is intact. Lower the learning "
+          "rate, enable make_optimizer.global_clipnorm, or check the input data.")
+    step = int(optimizer.iterations.numpy())
+  elif mode == "eval":
+    run_eval(step)
+
+  export_path = None
+  if mode == "export" or (mode != "eval" and export_at_end and step >= total_steps):
+    export_path = export.export_saved_model(network, os.path.join(workdir, "export"),
+                                            source.image_shape)
+  writer.flush()
+  eval_writer.flush()
+  return {"step": step, "metrics": last, "export": export_path}
+
+
+def _restore(ckpt, network, optimizer, warm_start, mode):
+  """Restores the newest checkpoint (returning its step) or warm-starts; 0 when fresh."""
+  found = ckpt.load_latest()
+  if found:
+    step, arrays, _ = found
+    checkpoints.restore(network, optimizer, arrays, ckpt.path(step))
+    logging.info("Resumed from %s", ckpt.path(step))
+    return step
+  if warm_start:
+    arrays, _ = checkpoints.read(warm_start)
+    checkpoints.assign(network.variables, arrays, "model", warm_start)
+    logging.info("Warm start from %s", warm_start)
+  elif mode in ("eval", "export"):
+    raise FileNotFoundError(f"--mode={mode} needs a trained checkpoint, but {ckpt.directory} "
+                            "has none: train first (--mode=train) or set train.warm_start.")
+  return 0
