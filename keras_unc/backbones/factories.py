@@ -1,0 +1,91 @@
+"""Layer factories: the hook that uncertainty methods use to swap layers.
+
+The backbones in `keras_unc.backbones` never instantiate their weight-bearing
+linear layers directly. Every `Dense` (ViT attention projections and MLP) and
+every `Conv2D` (ViT patch embedding, all ResNet convolutions) is created by
+calling a *factory*:
+
+```python
+layer = dense_factory(units, name=name, block=block, **kwargs)
+layer = conv_factory(filters, kernel_size, name=name, block=block, **kwargs)
+```
+
+`name` is the unique layer name inside the model and `block` says where the
+layer sits, so a method can decide per layer what to build:
+
+* ViT: `block` is the encoder block index `0 .. depth - 1`, or `None` for
+  layers outside the encoder blocks (the patch embedding conv).
+* ResNet: `block` is a string `"stage{s}_block{b}"` (both 1-based; stage 1 is
+  torchvision's `layer1`), or `None` for the stem conv.
+
+The remaining `**kwargs` are ordinary `keras.layers.Dense` / `Conv2D` keyword
+arguments (`strides`, `padding`, `use_bias`, `kernel_initializer`, ...) and
+must be forwarded. A factory has to return a layer with the same call
+signature and output shape as the layer it replaces. For example, BatchEnsemble
+in the MLP of the last two blocks of a depth-12 ViT:
+
+```python
+def be_dense(units, *, name, block=None, **kwargs):
+    if block is not None and block >= 10 and "_mlp_dense_" in name:
+        return BatchEnsembleDense(units, ensemble_size=4, name=name, **kwargs)
+    return default_dense(units, name=name, block=block, **kwargs)
+
+model = vit("S/16", dense_factory=be_dense)
+```
+
+The layers returned become ordinary layers of a functional `keras.Model`, so
+they must be serialisable (registered with
+`keras.saving.register_keras_serializable`) for `.keras` round trips.
+"""
+
+import keras
+
+
+def default_dense(units, *, name, block=None, **kwargs):
+    """Default dense factory: a plain `keras.layers.Dense`.
+
+    Args:
+        units: int. Output dimension.
+        name: str. Layer name, unique within the model.
+        block: int, str or None. Position of the layer in the backbone (see
+            the module docstring); ignored by this default factory.
+        **kwargs: forwarded to `keras.layers.Dense`.
+
+    Returns:
+        A `keras.layers.Dense` layer.
+
+    Example:
+
+    ```python
+    layer = default_dense(64, name="block0_mlp_dense_1", block=0)
+    ```
+    """
+    del block  # The default does the same thing everywhere.
+    return keras.layers.Dense(units, name=name, **kwargs)
+
+
+def default_conv(filters, kernel_size, *, name, block=None, **kwargs):
+    """Default convolution factory: a plain `keras.layers.Conv2D`.
+
+    Args:
+        filters: int. Number of output channels.
+        kernel_size: int or (int, int). Spatial size of the kernel.
+        name: str. Layer name, unique within the model.
+        block: int, str or None. Position of the layer in the backbone (see
+            the module docstring); ignored by this default factory.
+        **kwargs: forwarded to `keras.layers.Conv2D`.
+
+    Returns:
+        A `keras.layers.Conv2D` layer.
+
+    Example:
+
+    ```python
+    layer = default_conv(
+        64, 3, name="stage1_block1_conv2", block="stage1_block1",
+        padding="same", use_bias=False,
+    )
+    ```
+    """
+    del block
+    return keras.layers.Conv2D(filters, kernel_size, name=name, **kwargs)

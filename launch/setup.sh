@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates .venv if missing, installs keras_unc (+ test extras) and fetches the offline data.
+# Idempotent and fast when nothing changed: the install is skipped while setup.cfg is unchanged.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+stamp=".venv/.keras_unc-installed"
+want="$(sha256sum setup.cfg pyproject.toml | sha256sum | cut -c1-16)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] installing keras_unc and dependencies into .venv (TensorFlow is large: ~1 min)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[test]"
+  echo "$want" > "$stamp"
+fi
+PIP="$REPO/.venv/bin/pip" bash launch/fetch_data.sh
