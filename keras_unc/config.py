@@ -42,9 +42,27 @@ def _explain(error):
   return None
 
 
+def _register_configurables():
+  # Importing the modules is what registers their @gin.configurable names.
+  # pylint: disable=import-outside-toplevel,unused-import
+  from keras_unc import backbones, evaluators, methods, train  # noqa: F401
+
+
+def _search_gin_dir_first():
+  # gin tries the working directory, then Python-package resources; the latter crashes on
+  # a folder that imports as a namespace package (e.g. the repo's data/ for
+  # 'data/mnist.gin'). Looking in gin_configs/ first resolves includes before that.
+  prefixes = getattr(gin.config, "_LOCATION_PREFIXES", None)
+  if prefixes is None:
+    gin.add_config_file_search_path(GIN_DIR)
+  elif GIN_DIR not in prefixes:
+    prefixes.insert(0, GIN_DIR)
+
+
 def parse(gin_files=(), gin_params=(), finalize=True):
   """Parses gin files then bindings (later ones win), searching `gin_configs/` too."""
-  gin.add_config_file_search_path(GIN_DIR)
+  _search_gin_dir_first()
+  _register_configurables()
   for path in gin_files:
     if not os.path.exists(path) and not os.path.exists(os.path.join(GIN_DIR, path)):
       raise ConfigError(f"gin file {path!r} not found (looked relative to the working "

@@ -6,7 +6,7 @@ Parses gin files and bindings (later ones win), then runs the one trainer. Flags
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), applied in order.")
@@ -37,6 +37,8 @@ def summary_table(result, workdir):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:  # TF/absl INFO chatter hides the progress bar.
+    logging.set_verbosity(logging.WARNING)
   # Imported here so --help is instant and configurables register before parsing.
   from keras_unc import config, train as train_lib  # pylint: disable=import-outside-toplevel
   params = list(FLAGS.gin_param)

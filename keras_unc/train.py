@@ -56,7 +56,7 @@ def train(workdir, mode="train_and_eval", *, dataset=gin.REQUIRED, split="train"
     verbose: Keras progress bar (1) or none (0).
 
   Returns:
-    dict with `step`, the last evaluation `metrics` and the `export` path.
+    dict with `step`, the last evaluation `metrics`, the `export` path and the `network`.
   """
   if mode not in MODES:
     raise ValueError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
@@ -137,7 +137,7 @@ def train(workdir, mode="train_and_eval", *, dataset=gin.REQUIRED, split="train"
                                             source.image_shape)
   writer.flush()
   eval_writer.flush()
-  return {"step": step, "metrics": last, "export": export_path}
+  return {"step": step, "metrics": last, "export": export_path, "network": network}
 
 
 def _restore(ckpt, network, optimizer, warm_start, mode):

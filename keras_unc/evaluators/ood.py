@@ -12,9 +12,10 @@ class OODEvaluator(Evaluator):
 
   Args:
     in_dataset, in_split: the in-distribution data.
-    ood: mapping `{name: (dataset, split)}` of OOD data, e.g.
-      `{"fashion_mnist": ("fashion_mnist", "test")}`.
-    preprocess: preprocessing-op string for all splits.
+    ood: mapping `{name: (dataset, split)}` or `{name: (dataset, split, preprocess)}` of
+      OOD data, e.g. `{"fashion_mnist": ("fashion_mnist", "test")}`; the optional op
+      string adapts another dataset's images to the model input (e.g. `resize(8)`).
+    preprocess: preprocessing-op string of the in-distribution split (and the default).
     scores: output keys used as OOD scores (higher = more OOD); `uncertainty` is the
       method's own score, `msp`/`entropy` are derived from `probs`.
   """
@@ -39,8 +40,8 @@ class OODEvaluator(Evaluator):
   def evaluate(self, predict):
     inside, _ = predict(self.in_dataset, self.in_split, self.preprocess)
     results = {}
-    for name, (dataset, split) in self.ood.items():
-      outside, _ = predict(dataset, split, self.preprocess)
+    for name, (dataset, split, *ops) in self.ood.items():
+      outside, _ = predict(dataset, split, ops[0] if ops else self.preprocess)
       for kind in self.scores:
         found = metrics.ood_metrics(self._score(inside, kind), self._score(outside, kind))
         suffix = "" if kind == "uncertainty" else f"_{kind}"

@@ -1,0 +1,43 @@
+"""Shared helpers of the end-to-end tests: run the trainer in-process or as `main`."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from keras_unc import checkpoints, config
+from keras_unc import train as train_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = "testing/tiny.gin"
+
+
+def run_inprocess(workdir, mode="train_and_eval", params=(), gin_file=TINY):
+  config.parse([gin_file], list(params))
+  return train_lib.train(str(workdir), mode)
+
+
+def main_command(workdir, *args, gin_file=TINY):
+  return [sys.executable, "-m", "keras_unc.main", f"--gin_file={gin_file}",
+          f"--workdir={workdir}", *args]
+
+
+def run_main(workdir, *args, check=True, gin_file=TINY):
+  proc = subprocess.run(main_command(workdir, *args, gin_file=gin_file), cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"main failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+  return proc
+
+
+def final_model_arrays(workdir):
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"))
+  step, arrays, _ = ckpt.load_latest()
+  return step, {k: v for k, v in arrays.items() if k.startswith("model/")}
+
+
+def max_abs_diff(a, b):
+  assert a.keys() == b.keys()
+  return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) if a[k].size else 0.0
+             for k in a)
