@@ -75,7 +75,7 @@ def _tpu_strategy(tpu):
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
-  except (ValueError, tf.errors.OpError, RuntimeError) as e:
+  except (ValueError, OSError, tf.errors.OpError, RuntimeError) as e:  # OSError: name lookup.
     raise RuntimeError(
         f"No TPU found (tpu={tpu!r}): run on a Cloud TPU VM with --tpu=local, pass the TPU "
         f"name with --tpu=NAME, or choose another strategy (--strategy=auto). Cause: {e}"

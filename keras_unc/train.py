@@ -33,7 +33,7 @@ def train(workdir, mode="train_and_eval", *, dataset=gin.REQUIRED, split="train"
           batch_size=128, total_steps=gin.REQUIRED, eval_every=None, checkpoint_every=None,
           log_every=50, keep_checkpoints=3, method=None, evaluators=(), eval_batch_size=512,
           seed=0, steps_per_execution=1, jit_compile=False, deterministic_ops=False,
-          warm_start=None, export_at_end=True, verbose=1):
+          warm_start=None, export_at_end=True, verbose=1, callbacks=()):
   """Trains and/or evaluates and/or exports one model in `workdir`.
 
   Args:
@@ -54,6 +54,7 @@ def train(workdir, mode="train_and_eval", *, dataset=gin.REQUIRED, split="train"
     warm_start: checkpoint folder whose model weights initialise a fresh run.
     export_at_end: write the SavedModel when training finishes.
     verbose: Keras progress bar (1) or none (0).
+    callbacks: extra Keras callbacks (e.g. a profiler or a timer).
 
   Returns:
     dict with `step`, the last evaluation `metrics`, the `export` path and the `network`.
@@ -115,12 +116,12 @@ def train(workdir, mode="train_and_eval", *, dataset=gin.REQUIRED, split="train"
     data = strategy.distribute_datasets_from_function(input_fn)
     guard = cbs.NanGuard()
     saver = cbs.Checkpointing(ckpt, checkpoint_every, total_steps, guard, network)
-    callbacks = [guard, saver, cbs.ScalarLogger(writer, log_every, batch_size)]
+    fit_callbacks = [guard, saver, cbs.ScalarLogger(writer, log_every, batch_size)]
     if mode == "train_and_eval":
-      callbacks.append(cbs.Evaluation(run_eval, eval_every, total_steps))
+      fit_callbacks.append(cbs.Evaluation(run_eval, eval_every, total_steps))
     model.fit(data, epochs=total_steps // interval + (total_steps % interval > 0),
               steps_per_epoch=interval, initial_epoch=step // interval,
-              callbacks=callbacks + method.callbacks(), verbose=verbose)
+              callbacks=fit_callbacks + method.callbacks() + list(callbacks), verbose=verbose)
     if guard.bad_step is not None:
       good = ckpt.steps()
       raise cbs.NonFiniteLossError(
