@@ -243,36 +243,25 @@ def resnet(
 
     inputs = keras.Input((*image_size, num_channels), name="images")
     stem_channels = _channels(64, width)
+    # ImageNet stem: 7x7/2 conv + 3x3/2 max pool; "cifar" stem: one 3x3/1 conv.
+    kernel, stride = (7, 2) if stem == "imagenet" else (3, 1)
+    x = _conv_bn(
+        inputs,
+        stem_channels,
+        kernel,
+        stride,
+        conv_name="stem_conv",
+        bn_name="stem_bn",
+        block=None,
+        conv_factory=conv_factory,
+        **bn_args,
+    )
+    x = keras.layers.Activation("relu", name="stem_relu")(x)
     if stem == "imagenet":
-        x = _conv_bn(
-            inputs,
-            stem_channels,
-            7,
-            2,
-            conv_name="stem_conv",
-            bn_name="stem_bn",
-            block=None,
-            conv_factory=conv_factory,
-            **bn_args,
-        )
-        x = keras.layers.Activation("relu", name="stem_relu")(x)
         # torch pads the max pool with -inf; after a ReLU zeros are
         # equivalent and ZeroPadding2D keeps this backend-agnostic.
         x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
         x = keras.layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
-    else:
-        x = _conv_bn(
-            inputs,
-            stem_channels,
-            3,
-            1,
-            conv_name="stem_conv",
-            bn_name="stem_bn",
-            block=None,
-            conv_factory=conv_factory,
-            **bn_args,
-        )
-        x = keras.layers.Activation("relu", name="stem_relu")(x)
 
     for stage, (filters, stride, blocks) in enumerate(
         zip(_STAGE_FILTERS, _STAGE_STRIDES, blocks_per_stage), start=1
