@@ -39,7 +39,8 @@ def get_strategy(name="auto", tpu=None, devices=None):
 
   Args:
     name: one of `STRATEGIES`. `auto` picks TPU when `tpu` is given, MirroredStrategy
-      on several GPUs, one device otherwise.
+      on several GPUs, otherwise TensorFlow's default strategy (one device, no
+      distribution wrappers: measurably faster than `one_device` on a CPU).
     tpu: TPU name or address for `TPUClusterResolver` (`"local"` on a Cloud TPU VM).
     devices: explicit device list for `mirrored` (default: all GPUs, else all logical
       CPUs, which is how tests run two replicas on one host).
@@ -53,7 +54,7 @@ def get_strategy(name="auto", tpu=None, devices=None):
     elif len(_accelerators()) > 1:
       name = "mirrored"
     else:
-      name = "one_device"
+      return tf.distribute.get_strategy()
   if name == "one_device":
     gpus = _accelerators()
     return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")

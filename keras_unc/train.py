@@ -121,7 +121,8 @@ def train(workdir, mode="train_and_eval", *, dataset=gin.REQUIRED, split="train"
       fit_callbacks.append(cbs.Evaluation(run_eval, eval_every, total_steps))
     model.fit(data, epochs=total_steps // interval + (total_steps % interval > 0),
               steps_per_epoch=interval, initial_epoch=step // interval,
-              callbacks=fit_callbacks + method.callbacks() + list(callbacks), verbose=verbose)
+              callbacks=fit_callbacks + method.callbacks() + list(callbacks), verbose=verbose,
+              shuffle=False)  # The pipeline already shuffles deterministically.
     if guard.bad_step is not None:
       good = ckpt.steps()
       raise cbs.NonFiniteLossError(
