@@ -12,6 +12,7 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 
 def _step(model):
@@ -23,17 +24,38 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class NanGuard(keras.callbacks.Callback):
-  """Stops training at the first non-finite loss, before anything is saved."""
+  """Stops training at the first non-finite step, before anything is saved.
+
+  Reads the flags `model.TrainModel` sets inside the train step (loss, gradients,
+  parameters; valid under XLA too), falling back to the logged loss; logs the batches
+  that `nan_policy="skip_batch"` skipped.
+  """
 
   def __init__(self):
     super().__init__()
     self.bad_step = None
+    self.bad_what = 1  # model.NONFINITE_LOSS
+    self.skipped = 0
 
   def on_train_batch_end(self, batch, logs=None):
+    flagged = getattr(self.model, "nonfinite_step", None)
+    if flagged is not None and int(flagged.numpy()) >= 0:
+      self.bad_step = int(flagged.numpy())
+      self.bad_what = int(self.model.nonfinite_what.numpy())
+      self.model.stop_training = True
+      return
     loss = (logs or {}).get("loss")
     if loss is not None and not math.isfinite(float(loss)):
       self.bad_step = _step(self.model)
       self.model.stop_training = True
+    skipped = getattr(self.model, "skipped_batches", None)
+    if skipped is not None and int(skipped.numpy()) > self.skipped:
+      self.skipped = int(skipped.numpy())
+      logging.warning("nan_policy=skip_batch: non-finite loss or gradients; batch skipped "
+                      "(weights and optimizer state unchanged) by step %d, %d skipped so far.",
+                      _step(self.model), self.skipped)
+      print(f"Skipped a non-finite batch by step {_step(self.model)} "
+            f"({self.skipped} skipped so far).", flush=True)
 
 
 class Checkpointing(keras.callbacks.Callback):

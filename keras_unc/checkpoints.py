@@ -7,6 +7,7 @@ checkpoint even if the writer is killed. The data position is the step itself: t
 input pipeline is a deterministic function of (seed, step).
 """
 
+import errno
 import json
 import os
 import re
@@ -17,10 +18,15 @@ import numpy as np
 from absl import logging
 
 _NAME = re.compile(r"^ckpt-(\d+)$")
+_SAVE_DELAY = float(os.environ.get("KERAS_UNC_TEST_SAVE_DELAY", "0") or 0)  # Seconds.
 
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint does not fit the model being built."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (disk full, permissions); older ones are intact."""
 
 
 class Checkpointer:
@@ -36,7 +42,10 @@ class Checkpointer:
     self.keep = keep
     os.makedirs(directory, exist_ok=True)
     for name in os.listdir(directory):  # Leftovers of a writer that was killed.
-      if ".tmp" in name:
+      final = os.path.join(directory, name.split(".tmp")[0])
+      if ".tmp-old-" in name and not os.path.exists(final):
+        os.rename(os.path.join(directory, name), final)  # Killed while replacing it.
+      elif ".tmp" in name:
         shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
   def steps(self):
@@ -48,9 +57,51 @@ class Checkpointer:
     return os.path.join(self.directory, f"ckpt-{step:09d}")
 
   def save(self, step, model, optimizer, extra=None):
-    """Writes checkpoint `step` atomically and prunes old ones. Returns its path."""
+    """Writes checkpoint `step` atomically and prunes old ones. Returns its path.
+
+    On a write failure (disk full, permissions) the temporary folder is removed, every
+    existing checkpoint is left as it was, and `CheckpointWriteError` says where and why.
+    """
     final = self.path(step)
     tmp = f"{final}.tmp-{os.getpid()}"
+    try:
+      self._write(tmp, step, model, optimizer, extra)
+      if os.path.exists(final):  # Same step saved twice (e.g. resumed, then final save):
+        old = f"{final}.tmp-old-{os.getpid()}"  # set it aside so a kill keeps one copy.
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+      else:
+        os.rename(tmp, final)
+    except OSError as e:
+      shutil.rmtree(tmp, ignore_errors=True)
+      raise CheckpointWriteError(self._write_error(final, e)) from e
+    for old in self.steps()[self.keep:]:
+      # Renamed first: a kill during rmtree must not leave a half-deleted `ckpt-<step>`.
+      doomed = f"{self.path(old)}.tmp-del-{os.getpid()}"
+      try:
+        os.rename(self.path(old), doomed)
+      except OSError:
+        continue
+      shutil.rmtree(doomed, ignore_errors=True)
+    return final
+
+  def _write_error(self, final, e):
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+           errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+           errno.EROFS: "the file system is read-only"}.get(e.errno, "the write failed")
+    fix = ("free disk space (or delete old workdirs, or lower train.keep_checkpoints)"
+           if e.errno in (errno.ENOSPC, errno.EDQUOT) else
+           f"make {self.directory} writable by this user" if e.errno in (
+               errno.EACCES, errno.EPERM, errno.EROFS) else "fix the file system")
+    kept = self.steps()
+    previous = (f"the previous checkpoint {self.path(kept[0])} is intact" if kept else
+                "no earlier checkpoint exists")
+    return (f"Could not write checkpoint {final}: {why} ({e}). Nothing was half-written and "
+            f"{previous}. To continue: {fix}, or choose another --workdir, then rerun the "
+            "same command to resume.")
+
+  def _write(self, tmp, step, model, optimizer, extra):
     os.makedirs(tmp)
     arrays = {f"model/{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(model.variables)}
     arrays.update({f"optimizer/{i:05d}": np.asarray(v.numpy())
@@ -59,6 +110,8 @@ class Checkpointer:
       np.savez(f, **arrays)
       f.flush()
       os.fsync(f.fileno())
+    if _SAVE_DELAY:  # Fault-injection tests: widen the window in which a kill lands mid-write.
+      time.sleep(_SAVE_DELAY)
     meta = {"step": int(step), "time": time.time(), "model": model.name,
             "method": getattr(model, "method_name", None),
             "variables": [[v.path, list(v.shape)] for v in model.variables],
@@ -67,12 +120,6 @@ class Checkpointer:
       json.dump(meta, f)
       f.flush()
       os.fsync(f.fileno())
-    if os.path.exists(final):  # Same step saved twice (e.g. resumed, then final save).
-      shutil.rmtree(final)
-    os.rename(tmp, final)
-    for old in self.steps()[self.keep:]:
-      shutil.rmtree(self.path(old), ignore_errors=True)
-    return final
 
   def load_latest(self):
     """Returns `(step, arrays, meta)` of the newest readable checkpoint, or None.
@@ -144,18 +191,37 @@ def _key(path):
   return parts[-2] if len(parts) > 1 else "", parts[-1]
 
 
+class AdaptReport(str):
+  """The one-line summary `adapt` returns, with the lists behind it as attributes:
+  `copied` and `fresh` (model variable paths; a fresh one with a shape mismatch says so)
+  and `unused` (checkpoint variable paths nothing was copied from)."""
+
+
+def _rng_state(path):
+  # Seed-generator states are random-number streams, not weights, and their auto-numbered
+  # names differ between processes: a fresh model keeps its own.
+  return path.rsplit("/", 1)[-1] == "seed_generator_state"
+
+
 def adapt(variables, arrays, meta):
   """Copies checkpoint weights onto `variables` by (layer, weight) name.
 
-  A weight whose shape differs but broadcasts (a Dense bias `[C]` onto a BatchEnsemble
-  bias `[M, C]`) is broadcast to every member. Returns a short report of what was copied
-  and what kept its fresh initialisation.
+  Layer names ignore wrappers (a spectral-norm `x_sn/x/kernel` is `x/kernel`). A weight
+  whose shape differs but broadcasts (a Dense bias `[C]` onto a BatchEnsemble bias
+  `[M, C]`) is broadcast to every member. Returns an `AdaptReport`: what was copied, what
+  kept its fresh initialisation (fast weights, GP and noise parameters, mismatched
+  shapes) and which checkpoint variables were not used (e.g. a replaced head).
   """
-  stored = {}
+  stored, paths = {}, {}
   for i, (path, _) in enumerate(meta.get("variables", [])):
+    if _rng_state(path):
+      continue
     stored.setdefault(_key(path), arrays[f"model/{i:05d}"])
-  copied, fresh, used = 0, [], set()
+    paths.setdefault(_key(path), path)
+  copied, fresh, used = [], [], set()
   for var in variables:
+    if _rng_state(var.path):
+      continue
     key = _key(var.path)
     value = stored.get(key)
     if value is None:
@@ -167,9 +233,17 @@ def adapt(variables, arrays, meta):
       fresh.append(f"{var.path} (shape {tuple(var.shape)} vs {value.shape})")
       continue
     var.assign(value)
-    copied += 1
+    copied.append(var.path)
     used.add(key)
-  unused = [k for k in stored if k not in used]
-  shown = ", ".join(fresh[:8]) + (" ..." if len(fresh) > 8 else "")
-  return (f"{copied} variables copied, {len(fresh)} freshly initialised "
-          f"[{shown}], {len(unused)} checkpoint variables unused")
+  unused = [paths[k] for k in stored if k not in used]
+
+  def show(names):
+    return ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+
+  mismatched = [p for p in fresh if " (shape " in p]  # Shown first: likely a config error.
+  shown = mismatched + [p for p in fresh if p not in mismatched]
+  report = AdaptReport(f"{len(copied)} variables copied, {len(fresh)} freshly initialised "
+                       f"[{show(shown)}], {len(unused)} checkpoint variables unused "
+                       f"[{show(unused)}]")
+  report.copied, report.fresh, report.unused = copied, fresh, unused
+  return report

@@ -45,7 +45,8 @@ def _explain(error):
 def _register_configurables():
   # Importing the modules is what registers their @gin.configurable names.
   # pylint: disable=import-outside-toplevel,unused-import
-  from keras_unc import backbones, evaluators, methods, train  # noqa: F401
+  from keras_unc import active_learning, backbones, evaluators, methods, train  # noqa: F401
+  from keras_unc.transfer import cat, distill, layerwise  # noqa: F401
 
 
 def _search_gin_dir_first():

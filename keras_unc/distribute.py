@@ -2,10 +2,15 @@
 
 `get_strategy("auto" | "one_device" | "mirrored" | "multi_worker" | "tpu")` returns a
 `tf.distribute.Strategy`; `set_precision` sets the Keras dtype policy for the whole run.
+In a multi-worker job only the chief writes the workdir (`worker_dir`) and reads
+checkpoints; the other workers receive its restored state (`sync_from_chief`).
 """
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 
 import gin
 import keras
@@ -92,3 +97,74 @@ def set_precision(policy="float32"):
     raise ValueError(f"Unknown precision policy {policy!r}: choose one of {', '.join(PRECISIONS)}.")
   keras.config.set_dtype_policy(policy)
   return policy
+
+
+def is_chief(strategy):
+  """Whether this process writes the run's outputs (always, except non-chief workers)."""
+  return bool(strategy.extended.should_checkpoint)
+
+
+def task(strategy):
+  """`(task_type, task_id)` of this process in a multi-worker cluster, else `(None, 0)`."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  task_type = getattr(resolver, "task_type", None)
+  if task_type is None or isinstance(strategy, tf.distribute.TPUStrategy):
+    return None, 0
+  return task_type, int(resolver.task_id or 0)
+
+
+def worker_dir(workdir, strategy):
+  """Where this process writes: `workdir` on the chief, a private scratch folder elsewhere.
+
+  Every worker of a multi-worker job runs the same code (saving included: the variables
+  are in sync), but two writers must never share checkpoints, summaries or metrics, so
+  only the chief writes `workdir`; the others' copies go to a temporary folder, and they
+  get the restored state from the chief (`sync_from_chief`), so they need not see
+  `workdir` at all.
+  """
+  if is_chief(strategy):
+    return workdir
+  task_type, task_id = task(strategy)
+  scratch = tempfile.mkdtemp(prefix=f"keras_unc-{task_type}{task_id}-")
+  atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+  logging.info("Non-chief %s %d writes to %s (the chief writes %s).", task_type, task_id,
+               scratch, workdir)
+  return scratch
+
+
+def sync_from_chief(strategy, variables, step):
+  """Gives every worker the chief's values of `variables` and its `step` (after a restore).
+
+  Only the chief reads checkpoints; one all-reduce in which the first replica (on the
+  chief) contributes its values and every other replica zeros copies them exactly.
+  A no-op outside multi-worker jobs. Returns the chief's step.
+  """
+  if task(strategy)[0] is None:
+    return step
+  variables = list(variables)
+
+  def wide(x):  # Collectives reduce float32/64 and int64; bool, uint, half types widen.
+    if x.dtype.is_integer or x.dtype.is_bool:
+      return tf.cast(x, tf.int64)
+    return x if x.dtype == tf.float64 else tf.cast(x, tf.float32)
+
+  @tf.function
+  def replica_fn():
+    ctx = tf.distribute.get_replica_context()
+    first = ctx.replica_id_in_sync_group == 0
+    values = [wide(tf.constant(step, tf.int64))] + [wide(tf.convert_to_tensor(v))
+                                                    for v in variables]
+    values = [tf.where(first, x, tf.zeros_like(x)) for x in values]
+    out = list(values)
+    for dtype in (tf.float32, tf.float64, tf.int64):  # One packed all-reduce per dtype.
+      picked = [i for i, x in enumerate(values) if x.dtype == dtype]
+      if picked:
+        reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [values[i] for i in picked])
+        for i, x in zip(picked, reduced):
+          out[i] = x
+    return out
+
+  reduced = [strategy.experimental_local_results(x)[0] for x in strategy.run(replica_fn)]
+  for var, value in zip(variables, reduced[1:]):
+    var.assign(tf.cast(value, var.dtype))
+  return int(reduced[0].numpy())

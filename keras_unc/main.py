@@ -39,6 +39,12 @@ def summary_table(result, workdir):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if "://" in FLAGS.workdir:  # os.makedirs would silently create a local "gs:" folder.
+    print(f"ERROR: --workdir={FLAGS.workdir} is not a local folder: checkpoints are written "
+          "with atomic local renames, which object stores do not offer. Train into a local "
+          "(or mounted) folder and copy it to the bucket, as launch/tpu_vm.sh does with "
+          "`gcloud storage rsync`; TensorBoard reads the bucket directly.", file=sys.stderr)
+    sys.exit(2)
   if not FLAGS["verbosity"].present:  # TF/absl INFO chatter hides the progress bar.
     logging.set_verbosity(logging.WARNING)
   # Imported here so --help is instant and configurables register before parsing.
@@ -61,7 +67,15 @@ def main(argv):
     from keras_unc.evaluators import evaluate_export  # pylint: disable=import-outside-toplevel
     result = evaluate_export(FLAGS.export_dir, workdir=FLAGS.workdir)
   else:
-    result = train_lib.train(FLAGS.workdir, FLAGS.mode)
+    from keras_unc import preemption, workdir_lock  # pylint: disable=import-outside-toplevel
+    try:
+      result = train_lib.train(FLAGS.workdir, FLAGS.mode)
+    except preemption.TrainingPreempted as e:
+      print(f"PREEMPTED: {e}", file=sys.stderr, flush=True)
+      sys.exit(preemption.EXIT_CODE)
+    except workdir_lock.WorkdirLockedError as e:
+      print(f"ERROR: {e}", file=sys.stderr, flush=True)
+      sys.exit(2)
   print(summary_table(result, FLAGS.workdir), flush=True)
 
 

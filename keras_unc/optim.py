@@ -56,7 +56,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 @gin.configurable
 def make_optimizer(total_steps, *, name="adamw", learning_rate=1e-3, warmup_steps=0,
                    decay="cosine", end_fraction=0.0, weight_decay=1e-4, momentum=0.9,
-                   nesterov=False, global_clipnorm=None, beta_2=0.999):
+                   nesterov=False, global_clipnorm=None, beta_2=0.999, lr_multipliers=None):
   """Builds the optimizer with a warmup + decay schedule.
 
   Args:
@@ -67,6 +67,8 @@ def make_optimizer(total_steps, *, name="adamw", learning_rate=1e-3, warmup_step
     momentum, nesterov: SGD momentum.
     global_clipnorm: clip the global gradient norm to this value (None = off).
     beta_2: Adam second-moment decay (big_vision uses 0.999).
+    lr_multipliers: `{regex: multiplier}` on variable paths (first match wins, else 1):
+      layer-wise learning rates of a fine-tune (`keras_unc.transfer.layerwise`); 0 freezes.
   """
   schedule = WarmupDecay(learning_rate, total_steps, warmup_steps, decay, end_fraction)
   common = {"learning_rate": schedule, "global_clipnorm": global_clipnorm}
@@ -81,6 +83,9 @@ def make_optimizer(total_steps, *, name="adamw", learning_rate=1e-3, warmup_step
     opt = keras.optimizers.Lamb(weight_decay=weight_decay, beta_2=beta_2, **common)
   else:
     raise ValueError(f"Unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}.")
+  if lr_multipliers:
+    from keras_unc.transfer.layerwise import with_lr_multipliers  # pylint: disable=import-outside-toplevel
+    opt = with_lr_multipliers(opt, lr_multipliers)
   if weight_decay and name in ("adamw", "lamb", "sgd"):
     # Norm scales/offsets and biases are not decayed (big_vision, timm).
     opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])

@@ -14,13 +14,17 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from keras_unc import best_checkpoint
 from keras_unc import callbacks as cbs
-from keras_unc import checkpoints, config, distribute, export, optim
+from keras_unc import feature_cache
+from keras_unc import checkpoints, config, distribute, export, optim, preemption, workdir_lock
+from keras_unc.data import errors as data_errors
 from keras_unc.data import get_source, make_dataset
 from keras_unc.evaluators import Predictor
 from keras_unc.evaluators.runner import run_round
 from keras_unc.methods import Deterministic, get_method
-from keras_unc.model import TrainModel, build_network
+from keras_unc.model import TrainModel, build_network, describe_nonfinite
+from keras_unc.transfer import init_from
 
 MODES = ("train", "eval", "train_and_eval", "export")
 
@@ -34,13 +38,17 @@ def train(workdir, mode="train_and_eval", *, dataset=gin.REQUIRED, split="train"
           batch_size=128, total_steps=gin.REQUIRED, eval_every=None, checkpoint_every=None,
           log_every=50, keep_checkpoints=3, method=None, evaluators=(), eval_batch_size=512,
           seed=0, steps_per_execution=1, jit_compile=False, deterministic_ops=False,
-          warm_start=None, adapt_checkpoint=False, export_at_end=True, verbose=1, callbacks=()):
+          warm_start=None, adapt_checkpoint=False, export_at_end=True, verbose=1, callbacks=(),
+          nan_policy="stop", eval_metric=None, eval_metric_mode="max"):
   """Trains and/or evaluates and/or exports one model in `workdir`.
 
   Args:
     workdir: output folder (checkpoints/, TensorBoard events, metrics.jsonl, export/).
     mode: one of `MODES`.
-    dataset, split, preprocess: the training source name, split and op string.
+    dataset, split, preprocess: the training source name, split and op string. A feature
+      cache `cached:DIR` (`keras_unc.cache`) trains the head alone on cached embeddings;
+      evaluators and the export then use the full network (backbone from the cache's
+      checkpoint + the trained head).
     batch_size: global batch size (split over replicas).
     total_steps: training steps.
     eval_every, checkpoint_every: intervals in steps (default: `total_steps`).
@@ -60,6 +68,14 @@ def train(workdir, mode="train_and_eval", *, dataset=gin.REQUIRED, split="train"
     export_at_end: write the SavedModel when training finishes.
     verbose: Keras progress bar (1) or none (0).
     callbacks: extra Keras callbacks (e.g. a profiler or a timer).
+    nan_policy: a non-finite loss, gradient or parameter (checked inside the train step,
+      so also under `jit_compile=True`): "stop" (stop, naming the step; the last good
+      checkpoint stays newest) or "skip_batch" (that batch changes nothing; skipped
+      batches are counted and logged).
+    eval_metric: keep the checkpoint of the best evaluation round by this metric (e.g.
+      `avg_downstream_auroc_correct`) in `workdir/best/`, its step and metrics in
+      `workdir/best.json`, and report `best_*` values every round (`best_checkpoint`).
+    eval_metric_mode: "max" or "min": whether a larger `eval_metric` is better.
 
   Returns:
     dict with `step`, the last evaluation `metrics`, the `export` path and the `network`.
@@ -72,6 +88,10 @@ def train(workdir, mode="train_and_eval", *, dataset=gin.REQUIRED, split="train"
     tf.config.experimental.enable_op_determinism()
   distribute.set_precision()
   strategy = distribute.get_strategy()
+  # Only the chief writes workdir; other workers of a multi-worker job write a scratch folder.
+  workdir = distribute.worker_dir(workdir, strategy)
+  # Two runs never write one workdir (released by the kernel if this process dies).
+  lock = workdir_lock.acquire(workdir, strategy) if mode in ("train", "train_and_eval") else None
   replicas = strategy.num_replicas_in_sync
   method = get_method(method) if isinstance(method, str) else (method or Deterministic())
   multiple = replicas * method.batch_multiple
@@ -90,63 +110,90 @@ def train(workdir, mode="train_and_eval", *, dataset=gin.REQUIRED, split="train"
   interval = math.gcd(math.gcd(eval_every, checkpoint_every), total_steps)
 
   source = get_source(dataset)
+  cached = getattr(source, "manifest", None) is not None  # `cached:DIR`: train the head alone.
+  if cached:
+    preprocess, warm_start = feature_cache.cached_training_args(source, preprocess, warm_start)
   with strategy.scope():
-    network = build_network(method, source.num_classes, source.image_shape)
-    model = TrainModel(network, method, name="train_model")
+    if cached:  # Backbone skipped in training; evaluation and export use the full network.
+      full_network = feature_cache.build_cached_network(method, source)
+      network = full_network.head_network
+    else:
+      network = full_network = build_network(method, source.num_classes, source.image_shape)
+    imported = init_from.import_weights(network)  # Public checkpoint (gin: import_weights.path).
+    model = TrainModel(network, method, nan_policy=nan_policy, name="train_model")
     optimizer = optim.make_optimizer(total_steps)
     model.compile(optimizer=optimizer, steps_per_execution=steps_per_execution,
                   jit_compile=jit_compile)
     optimizer.build(model.trainable_variables)
 
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), keep_checkpoints)
-  step = _restore(ckpt, network, optimizer, warm_start, mode, method.name, adapt_checkpoint)
+  step = _restore(ckpt, network, optimizer, warm_start, mode, method.name, adapt_checkpoint,
+                  imported is not None)
+  # Multi-worker: the chief restored; everyone continues from its state and step.
+  step = distribute.sync_from_chief(strategy, network.variables + optimizer.variables, step)
   writer = tf.summary.create_file_writer(os.path.join(workdir, "train"))
   eval_writer = tf.summary.create_file_writer(os.path.join(workdir, "eval"))
   config.save_operative_config(workdir, writer)
 
-  predictor = Predictor(network, eval_batch_size)
+  predictor = Predictor(full_network, eval_batch_size)
   last = {}
+  best = best_checkpoint.BestCheckpoint(workdir, eval_metric, eval_metric_mode) if eval_metric \
+      else None
 
   def run_eval(at_step):
-    found = run_round(evaluators, predictor, workdir, eval_writer, at_step)
+    extra = best and (lambda found: best.update(at_step, found, network, optimizer, ckpt))
+    found = run_round(evaluators, predictor, workdir, eval_writer, at_step, extra=extra)
     if found:
       last.clear()
       last.update(found)
 
   if mode in ("train", "train_and_eval") and step < total_steps:
-    def input_fn(ctx):
-      return make_dataset(source, split, preprocess, batch_size, train=True, seed=seed,
-                          start_step=step, input_context=ctx).map(_as_float)
-    data = strategy.distribute_datasets_from_function(input_fn)
+    def data_from(start):
+      def input_fn(ctx):
+        return make_dataset(source, split, preprocess, batch_size, train=True, seed=seed,
+                            start_step=start, input_context=ctx).map(_as_float)
+      return strategy.distribute_datasets_from_function(input_fn)
     guard = cbs.NanGuard()
     saver = cbs.Checkpointing(ckpt, checkpoint_every, total_steps, guard, network)
-    fit_callbacks = [guard, saver, cbs.ScalarLogger(writer, log_every, batch_size)]
+    preempt = preemption.install(strategy, ckpt, network, guard)
+    fit_callbacks = [guard, saver, *preempt, cbs.ScalarLogger(writer, log_every, batch_size)]
     if mode == "train_and_eval":
       fit_callbacks.append(cbs.Evaluation(run_eval, eval_every, total_steps))
-    model.fit(data, epochs=total_steps // interval + (total_steps % interval > 0),
-              steps_per_epoch=interval, initial_epoch=step // interval,
-              callbacks=fit_callbacks + method.callbacks() + list(callbacks), verbose=verbose,
-              shuffle=False)  # The pipeline already shuffles deterministically.
+    fit_args = dict(callbacks=fit_callbacks + method.callbacks() + list(callbacks),
+                    verbose=verbose, shuffle=False)  # The pipeline shuffles deterministically.
+    with data_errors.explained(dataset, split, ckpt):  # Corrupt/truncated data: clear error.
+      if step % interval:  # Resumed from a preemption save between two "epochs": catch up.
+        model.fit(data_from(step), epochs=1, steps_per_epoch=interval - step % interval,
+                  **fit_args)
+        step = int(optimizer.iterations.numpy())
+      if step < total_steps and guard.bad_step is None and not model.stop_training:
+        model.fit(data_from(step), epochs=total_steps // interval + (total_steps % interval > 0),
+                  steps_per_epoch=interval, initial_epoch=step // interval, **fit_args)
     if guard.bad_step is not None:
       good = ckpt.steps()
       raise cbs.NonFiniteLossError(
-          f"Non-finite training loss at step {guard.bad_step}; training stopped. The last good "
+          f"Non-finite training {describe_nonfinite(guard.bad_what)} at step {guard.bad_step}"
+          "; training stopped. The last good "
           f"checkpoint ({ckpt.path(good[0]) if good else 'none'}) is intact. Lower the learning "
           "rate, enable make_optimizer.global_clipnorm, or check the input data.")
+    for callback in preempt:
+      callback.check()  # Raises TrainingPreempted after a SIGTERM save.
     step = int(optimizer.iterations.numpy())
   elif mode == "eval":
     run_eval(step)
 
   export_path = None
   if mode == "export" or (mode != "eval" and export_at_end and step >= total_steps):
-    export_path = export.export_saved_model(network, os.path.join(workdir, "export"),
-                                            source.image_shape)
+    export_path = export.export_saved_model(full_network, os.path.join(workdir, "export"),
+                                            tuple(full_network.inputs[0].shape[1:]))
   writer.flush()
   eval_writer.flush()
-  return {"step": step, "metrics": last, "export": export_path, "network": network}
+  if lock is not None:
+    lock.release()
+  return {"step": step, "metrics": last, "export": export_path, "network": full_network}
 
 
-def _restore(ckpt, network, optimizer, warm_start, mode, method_name, adapt):
+def _restore(ckpt, network, optimizer, warm_start, mode, method_name, adapt, imported=False):
   """Restores the newest checkpoint (returning its step) or warm-starts; 0 when fresh."""
   found = ckpt.load_latest()
   if found:
@@ -165,7 +212,8 @@ def _restore(ckpt, network, optimizer, warm_start, mode, method_name, adapt):
       checkpoints.check_method(meta, method_name, warm_start, adapt_allowed=True)
       checkpoints.assign(network.variables, arrays, "model", warm_start)
       logging.info("Warm start from %s", warm_start)
-  elif mode in ("eval", "export"):
+  elif mode in ("eval", "export") and not imported:  # only_eval of an imported checkpoint.
     raise FileNotFoundError(f"--mode={mode} needs a trained checkpoint, but {ckpt.directory} "
-                            "has none: train first (--mode=train) or set train.warm_start.")
+                            "has none: train first (--mode=train), or set train.warm_start "
+                            "or import_weights.path.")
   return 0

@@ -227,6 +227,38 @@ def central_crop(size, width: int | None = None):
     return fn
 
 
+@register("zoom_crop")
+def zoom_crop(fraction: float | None = None, key: str = "crop_fraction"):
+    """Central crop keeping `fraction` of the height and width, resized back.
+
+    The image keeps its size and dtype (integer images are rounded), so the crop
+    can follow any other op. Without `fraction`, each example's own fraction is
+    read from `example[key]` (the URL benchmark's per-image random crops, see
+    `keras_unc.evaluators.retrieval.CropFractionSource`).
+    """
+    if fraction is not None and not 0 < fraction <= 1:
+        raise ValueError(f"zoom_crop fraction must be in (0, 1], got {fraction}.")
+
+    def fn(ex):
+        if fraction is None and key not in ex:
+            raise ValueError(f"zoom_crop() without a fraction needs example[{key!r}]; "
+                             "pass one, e.g. zoom_crop(0.5).")
+        img = ex["image"]
+        f = tf.cast(fraction if fraction is not None else ex[key], tf.float32)
+        hw = tf.shape(img)[:2]
+        size = tf.maximum(tf.cast(tf.round(tf.cast(hw, tf.float32) * f), tf.int32), 1)
+        top_left = (hw - size) // 2
+        crop = tf.slice(img, tf.concat([top_left, [0]], 0), tf.concat([size, [-1]], 0))
+        out = tf.image.resize(crop, hw)
+        if img.dtype.is_integer:
+            out = tf.saturate_cast(tf.round(out), img.dtype)
+        else:
+            out = tf.cast(out, img.dtype)
+        out.set_shape(img.shape)
+        return _with_image(ex, out)
+    return fn
+
+
 @register("inception_crop")
 def inception_crop(size=None, area_min: float = 5, area_max: float = 100):
     """Random crop of area_min..area_max percent (aspect 3/4..4/3), then resize.
@@ -397,3 +429,50 @@ def cutmix(alpha: float = 1.0):
     import keras
 
     return _keras_batch_op(keras.layers.CutMix(factor=alpha), "cutmix")
+
+
+# ----------------------------------------------------------------- multi-view (SSL) ops
+
+@register("views")
+def views(num_views: int = 2, ops=()):
+    """Stacks `num_views` independently augmented copies of the image: `[V, H, W, C]`.
+
+    `ops` is an op string or a list of op strings (no "|" inside the outer string), e.g.
+    `views(2, ['inception_crop(224)', 'flip_lr'])`; each view draws its own seeds from
+    `_rng`. The views must have one shape (end with a fixed-size crop or resize). Put
+    `flatten_views` last so the batch becomes `[B * V, ...]` with the views of one image
+    in consecutive rows (URL `--ssl`: rows (2k, 2k+1) are a positive pair).
+    """
+    if not isinstance(num_views, int) or num_views < 1:
+        raise ValueError(f"views needs num_views >= 1, got {num_views!r}")
+    spec = ops if isinstance(ops, str) else "|".join(ops)
+    inner = parse_ops(spec)
+    if inner.batch_ops:
+        raise ValueError(f"views({num_views}, {ops!r}): only per-example ops can be applied "
+                         "per view.")
+
+    def fn(ex):
+        ex, seed = _take_rng(ex, "views")
+        seeds = tf.random.experimental.stateless_split(seed, num_views)
+        images = [inner.example_fn({**ex, "_rng": seeds[i]})["image"]
+                  for i in range(num_views)]
+        images = [tf.cast(im, tf.float32) for im in images]
+        return _with_image(ex, tf.stack(images, 0))
+    return fn
+
+
+@register("flatten_views", batched=True)
+def flatten_views():
+    """`[B, V, H, W, C]` views (from `views`) -> `[B * V, H, W, C]`; labels repeated V times,
+    so the V views of example i are rows `[i*V, (i+1)*V)`."""
+    def fn(batch):
+        images = batch["image"]
+        if images.shape.rank != 5:
+            raise ValueError("flatten_views needs stacked views [batch, views, H, W, C]: put "
+                             "views(2, [...]) before it.")
+        v = images.shape[1]
+        flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], 0))
+        flat.set_shape([None if images.shape[0] is None else images.shape[0] * v]
+                       + images.shape[2:].as_list())
+        return {**batch, "image": flat, "label": tf.repeat(batch["label"], v, axis=0)}
+    return fn

@@ -66,8 +66,10 @@ def _train_stream(source: Source, split: str, seed: int, n_pipes: int, pipe_id: 
         shard = source.load(split).shard(n_pipes, pipe_id)
 
         def epoch(e):
-            # Shuffle also folds in TF's global seed if one is set
-            # (tf.random.set_seed): set the same one when resuming.
+            # The epoch seed alone fixes the order: with TF's global seed set to 0
+            # (keras.utils.set_random_seed(0), the trainer's default) tf.data's seed
+            # helper would test `tensor == 0` in Python and fail while tracing.
+            tf.compat.v1.get_default_graph().seed = None
             ds = shard.shuffle(shuffle_buffer, seed=_epoch_seed(seed, e),
                                reshuffle_each_iteration=False)
             start = start_of(e)
@@ -106,6 +108,10 @@ def make_dataset(source: Source, split: str, preprocess: str, batch_size: int, *
         raise ValueError(f"start_step={start_step}: must be >= 0, and 0 when train=False.")
     n = source.num_examples(split)
     n_local = len(range(pipe_id, n, n_pipes))
+    if n == 0:
+        raise ValueError(f"Dataset {source.name}/{split} is empty (0 examples): check the "
+                         "split name and slice (e.g. 'train[:90%]', not 'train[100%:]') and "
+                         "that the data was prepared (launch/fetch_data.sh, tfds build).")
     if n_local == 0:
         raise ValueError(f"{source.name}/{split} has {n} examples: nothing left "
                          f"for input pipeline {pipe_id} of {n_pipes}.")
@@ -118,17 +124,25 @@ def make_dataset(source: Source, split: str, preprocess: str, batch_size: int, *
         ds = source.load(split).shard(n_pipes, pipe_id).enumerate()
 
     if source.random_access and train:
-        images, labels = (tf.constant(a) for a in source.arrays(split))
+        lookup = source.train_lookup(split, seed)
     base_rng = tf.constant([seed, pipe_id], tf.int64)
 
     def per_example(pos, ex):
         if not isinstance(ex, dict):  # an index into the in-memory arrays
-            ex = {"image": tf.gather(images, ex), "label": tf.gather(labels, ex)}
+            ex = lookup(ex, pos // n_local)  # (index, epoch) -> example
         ex = dict(ex, _rng=tf.random.experimental.stateless_fold_in(base_rng, pos))
         return pre.example_fn(ex)
 
     def per_batch_fn(batch):
         batch = pre.batch_fn(batch)
+        rank = batch["image"].shape.rank
+        want = 2 if getattr(source, "holds_embeddings", False) else 4  # `cached:`: [B, D].
+        if rank is not None and rank != want:  # Caught while tracing, before any step runs.
+            raise ValueError(
+                f"Images of {source.name}/{split} have shape {batch['image'].shape[1:]} after "
+                f"preprocessing {preprocess!r}; expected [height, width, channels]. Give "
+                "gray images a channel axis ([H, W] -> [H, W, 1]), check get_source.image_key, "
+                "or fix the preprocessing ops.")
         missing = {"image", "label"} - set(batch)
         if missing:
             raise ValueError(f"Preprocessing {preprocess!r} dropped keys {sorted(missing)}; "

@@ -10,6 +10,8 @@ Names understood by `get_source`:
     held in memory and random-access (`Source.arrays`).
   * "digits": scikit-learn's 8x8 digits, a tiny real set for smoke tests.
   * "tfds:<builder>": any TFDS dataset already prepared in `data_dir`.
+  * "cached:<dir>": backbone embeddings written by `python -m keras_unc.cache`
+    (`keras_unc.data.cached`); training on it skips the backbone.
 
 Splits accept TFDS-style slices for every source: "train", "train[:50000]",
 "train[50000:]", "train[:10%]", "test[-100:]".
@@ -20,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import json
 import os
 import pickle
 import re
@@ -69,7 +72,8 @@ def check_labels(labels: np.ndarray, num_classes: int, dataset: str) -> None:
         i = int(np.argmax(bad))
         raise ValueError(
             f"Label {int(labels[i])} (example {i}) of dataset {dataset!r} is "
-            f"outside [0, num_classes={num_classes}).")
+            f"outside [0, num_classes={num_classes}). Fix the labels (or the dataset's "
+            "num_classes / get_source.label_key) before training.")
 
 
 @dataclasses.dataclass
@@ -95,6 +99,12 @@ class Source:
         raise NotImplementedError(
             f"Source {self.name!r} is streamed; it has no random access "
             "(check `source.random_access` first).")
+
+    def train_lookup(self, split: str, seed: int) -> Callable:
+        """`fn(index, epoch) -> example` for random-access training streams (graph mode);
+        a feature cache overrides it to pick one of its augmented epochs."""
+        images, labels = (tf.constant(a) for a in self.arrays(split))
+        return lambda i, _: {"image": tf.gather(images, i), "label": tf.gather(labels, i)}
 
 
 @dataclasses.dataclass
@@ -243,7 +253,8 @@ class TfdsSource(Source):
         ok = tf.logical_and(label >= 0, label < n)
         with tf.control_dependencies([tf.debugging.Assert(
                 ok, [f"Label out of range in dataset {self.name}: label =", label,
-                     f"is outside [0, num_classes={n})."])]):
+                     f"is outside [0, num_classes={n}). Check get_source.label_key and "
+                     "num_classes, or remap/drop the bad labels."])]):
             return tf.identity(label)
 
 
@@ -251,7 +262,43 @@ def _default_data_dir() -> str:
     return os.environ.get("KERAS_UNC_DATA_DIR") or os.path.join(os.getcwd(), "data")
 
 
-VALID_NAMES = ("mnist", "fashion_mnist", "digits", "tfds:<builder>")
+VALID_NAMES = ("mnist", "fashion_mnist", "digits", "tfds:<builder>", "<name>@<indices.json>",
+               "cached:<dir>")
+
+
+def write_subset(path: str, split: str, indices) -> str:
+    """Writes the indices file of a `<name>@<path>` subset source, atomically."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump({"split": split, "indices": [int(i) for i in indices]}, f)
+    os.replace(tmp, path)
+    return path
+
+
+def subset_source(base: Source, path: str) -> ArraySource:
+    """`<name>@<path>`: split `S` of `base` restricted to some examples (e.g. the labelled
+    set of active learning). `path` is JSON `{"split": S, "indices": [...]}` with indices
+    into the whole split `S`; `S` then holds those examples in that order, every other split
+    is `base`'s. In-memory (random-access) bases only."""
+    if not base.random_access:
+        raise ValueError(f"Subset source {base.name}@{path}: {base.name!r} is streamed; "
+                         "subsets need an in-memory source (mnist, fashion_mnist, digits).")
+    with open(_require(path, f"{base.name}@{path}")) as f:
+        spec = json.load(f)
+    split, idx = spec["split"], np.asarray(spec["indices"], np.int64)
+    n = base.split_sizes.get(split, 0)
+    if not n or idx.ndim != 1 or ((idx < 0) | (idx >= n)).any():
+        raise ValueError(f"{path}: expected indices in [0, {n}) into a whole split of "
+                         f"{base.name!r} (one of {sorted(base.split_sizes)}); got split "
+                         f"{split!r}, indices in [{idx.min(initial=0)}, {idx.max(initial=0)}].")
+
+    def load():
+        out = {s: base.arrays(s) for s in base.split_sizes}
+        out[split] = tuple(a[idx] for a in out[split])
+        return out
+
+    return ArraySource(f"{base.name}@{path}", base.num_classes, base.image_shape,
+                       dict(base.split_sizes, **{split: len(idx)}), load)
 
 
 @gin.configurable
@@ -266,6 +313,12 @@ def get_source(name: str, data_dir: str | None = None, *, image_key: str = "imag
       image_key, label_key: TFDS feature names mapped to "image"/"label".
       skip_decoding: TFDS only; keep images encoded (decode with the op).
     """
+    if name.startswith("cached:"):  # Embeddings from `python -m keras_unc.cache`.
+        from keras_unc.data.cached import CachedSource  # pylint: disable=import-outside-toplevel
+        return CachedSource.open(name[len("cached:"):])
+    if "@" in name:  # "<name>@<indices.json>": a subset (see `subset_source`).
+        base, path = name.split("@", 1)
+        return subset_source(get_source(base, data_dir), path)
     if name.startswith("tfds:"):
         import tensorflow_datasets as tfds
 

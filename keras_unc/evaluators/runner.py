@@ -24,10 +24,11 @@ def write_figures(workdir, writer, step, figures):
   return paths
 
 
-def run_round(evaluators, predictor, workdir, writer, step):
+def run_round(evaluators, predictor, workdir, writer, step, extra=None):
   """Runs `evaluators` at `step`; writes scalars to TensorBoard and `metrics.jsonl`, and
   the evaluators' figures (those with a `figures(predict)` method) as PNG files in
-  `workdir/plots/` and TensorBoard images.
+  `workdir/plots/` and TensorBoard images. `extra(metrics) -> dict` adds metrics to the
+  same record (e.g. the `best_*` values of `keras_unc.best_checkpoint`).
 
   Returns the dict of metrics written (empty when no evaluator reported anything).
   """
@@ -43,4 +44,6 @@ def run_round(evaluators, predictor, workdir, writer, step):
     write_figures(workdir, writer, step, figures)
   if not found:
     return {}
+  if extra is not None:
+    found.update(extra(dict(found)) or {})
   return cbs.write_metrics(workdir, writer, step, found)

@@ -83,6 +83,16 @@ class Method:
     """Per-example training loss `[B]` from labels (int `[B]` or soft `[B, C]`) and outputs."""
     return LOSSES[self.loss_name](labels, outputs["logits"], self.label_smoothing)
 
+  def train_loss(self, images, labels, outputs):
+    """Per-example loss of the train step, which also sees the images (a distillation
+    teacher runs on them: `keras_unc.transfer.distill`); by default `loss`."""
+    del images
+    return self.loss(labels, outputs)
+
+  def attach(self, network):
+    """Called once with the built network, in the strategy scope, before training: build
+    what the method needs besides the network (e.g. a frozen teacher; not exported)."""
+
   def callbacks(self):
     """Extra Keras callbacks, e.g. resetting a GP precision matrix every epoch."""
     return list(self.head.callbacks())

@@ -26,14 +26,25 @@ class Head:
 
 
 class Linear(Head):
-  """One linear layer shared by all members (big_vision zero-initialises it)."""
+  """One linear layer shared by all members (big_vision zero-initialises it).
 
-  def __init__(self, kernel_initializer="zeros"):
+  `batchnorm=True` puts a BatchNorm without scale and offset before it (`head_bn`), the
+  RRL linear probe's feature standardisation.
+  """
+
+  def __init__(self, kernel_initializer="zeros", bias_initializer="zeros", batchnorm=False):
     self.kernel_initializer = kernel_initializer
+    self.bias_initializer = bias_initializer
+    self.batchnorm = batchnorm
 
   def __call__(self, embedding, num_classes, members):
+    x = embedding
+    if self.batchnorm:
+      x = keras.layers.BatchNormalization(center=False, scale=False, name="head_bn",
+                                          dtype="float32")(x)
     x = keras.layers.Dense(num_classes, kernel_initializer=self.kernel_initializer,
-                           name="head", dtype="float32")(embedding)
+                           bias_initializer=self.bias_initializer, name="head",
+                           dtype="float32")(x)
     return layers.MemberAxis(members, name="logits")(x), {}
 
 

@@ -19,7 +19,7 @@ SMALL = ["het_head.num_factors = 3", "het_head.train_mc_samples = 8",
 CLASSES = {"deterministic": "Deterministic", "batchensemble": "BatchEnsemble", "sngp": "SNGP",
            "heteroscedastic": "Heteroscedastic", "hetxl": "HetXL", "mc_dropout": "MCDropout",
            "shallow_ensemble": "ShallowEnsemble", "plex": "Plex", "hetsngp": "HetSNGP",
-           "be_sngp": "BESNGP"}
+           "be_sngp": "BESNGP", "url": "URL"}
 
 
 def _digits_uint8(n=16):

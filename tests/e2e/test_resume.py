@@ -66,7 +66,7 @@ def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
                   "--gin_param=make_optimizer.learning_rate=1e30",
                   "--gin_param=make_optimizer.weight_decay=0.0", check=False)
   assert proc.returncode != 0
-  assert "Non-finite training loss at step" in proc.stderr
+  assert "Non-finite training" in proc.stderr and "at step" in proc.stderr
   assert not (tmp_path / "export").exists()
   for name in os.listdir(tmp_path / "checkpoints"):  # What was saved is finite.
     with np.load(tmp_path / "checkpoints" / name / "variables.npz") as z:

@@ -39,6 +39,8 @@ def _small(name):
       "plex": lambda: methods.Plex(),
       "hetsngp": lambda: methods.HetSNGP(),
       "be_sngp": lambda: methods.BESNGP(),
+      "url": lambda: methods.URL(module="class_entropy", loss="cross_entropy",
+                                 unc_start_value=0.0),
   }
   return m[name]()
 
@@ -56,7 +58,7 @@ def _network(method, backbone=TINY_VIT):
 def test_every_named_method_is_registered():
   assert set(methods.METHODS) == {
       "deterministic", "batchensemble", "sngp", "heteroscedastic", "hetxl", "mc_dropout",
-      "shallow_ensemble", "plex", "hetsngp", "be_sngp"}
+      "shallow_ensemble", "plex", "hetsngp", "be_sngp", "url"}
 
 
 @pytest.mark.parametrize("name", sorted(methods.METHODS))
@@ -75,7 +77,10 @@ def test_output_convention(name, backbone):
   by_hand = np.exp(logits - logits.max(-1, keepdims=True))
   by_hand = (by_hand / by_hand.sum(-1, keepdims=True)).mean(1)
   np.testing.assert_allclose(probs, by_hand, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(out["uncertainty"]), 1 - probs.max(-1), atol=1e-6)
+  expected = 1 - probs.max(-1)
+  if name == "url":  # Its class_entropy module: entropy of the predictive.
+    expected = -(probs * np.log(np.maximum(probs, 1e-30))).sum(-1)
+  np.testing.assert_allclose(np.asarray(out["uncertainty"]), expected, atol=1e-5)
   assert out["embedding"].shape[0] == 6 and len(out["embedding"].shape) == 2
 
 

@@ -1,0 +1,1 @@
+"""Transfer learning: importing public checkpoints and the transfer protocols."""

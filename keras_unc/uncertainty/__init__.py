@@ -1,0 +1,1 @@
+"""Pretrained representation uncertainties (URL benchmark): vMF helpers and losses."""
