@@ -26,10 +26,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   # Imported here so --help is instant and configurables register before parsing.
   from keras_unc import config, feature_cache  # pylint: disable=import-outside-toplevel
+  config.parse_or_exit(FLAGS.gin_file, FLAGS.gin_param)
   try:
-    config.parse(FLAGS.gin_file, FLAGS.gin_param)
     result = feature_cache.cache_features(FLAGS.workdir, FLAGS.overwrite)
-  except (config.ConfigError, feature_cache.StaleCacheError) as e:
+  except feature_cache.StaleCacheError as e:
     print(f"ERROR: {e}", file=sys.stderr)
     sys.exit(2)
   m = result["manifest"]

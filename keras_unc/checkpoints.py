@@ -50,8 +50,7 @@ class Checkpointer:
 
   def steps(self):
     """Steps of the complete checkpoints, newest first."""
-    found = [int(m.group(1)) for m in map(_NAME.match, os.listdir(self.directory)) if m]
-    return sorted(found, reverse=True)
+    return _steps(self.directory)
 
   def path(self, step):
     return os.path.join(self.directory, f"ckpt-{step:09d}")
@@ -138,6 +137,26 @@ class Checkpointer:
     return None
 
 
+def _steps(directory):
+  found = [int(m.group(1)) for m in map(_NAME.match, os.listdir(directory)) if m]
+  return sorted(found, reverse=True)
+
+
+def resolve(path):
+  """The checkpoint folder `path` names (absolute): itself (it holds `meta.json`), or the
+  newest complete checkpoint of a `checkpoints/` folder or of a training workdir."""
+  path = os.path.abspath(path)
+  if os.path.isfile(os.path.join(path, "meta.json")):
+    return path
+  for folder in (os.path.join(path, "checkpoints"), path):
+    steps = _steps(folder) if os.path.isdir(folder) else []
+    if steps:
+      return os.path.join(folder, f"ckpt-{steps[0]:09d}")
+  raise FileNotFoundError(f"No keras_unc checkpoint at {path!r}: give a checkpoint folder "
+                          "(with meta.json and variables.npz), a checkpoints/ folder or a "
+                          "training workdir (train it first).")
+
+
 def read(path):
   """Reads one checkpoint folder into `(arrays dict, meta dict)`, fully (validates it)."""
   with open(os.path.join(path, "meta.json")) as f:
@@ -184,7 +203,8 @@ def check_method(meta, method_name, source, adapt_allowed):
         f"{method_name!r}: {fix}.")
 
 
-def _key(path):
+def weight_key(path):
+  """What a weight is, independent of wrappers and model names: (layer, weight name)."""
   # "resnet/stage1_block1_conv1_sn/stage1_block1_conv1/kernel" -> ("stage1_block1_conv1",
   # "kernel"): wrappers (spectral norm) and model names do not change what a weight is.
   parts = [p[:-3] if p.endswith("_sn") else p for p in path.split("/")]
@@ -216,13 +236,13 @@ def adapt(variables, arrays, meta):
   for i, (path, _) in enumerate(meta.get("variables", [])):
     if _rng_state(path):
       continue
-    stored.setdefault(_key(path), arrays[f"model/{i:05d}"])
-    paths.setdefault(_key(path), path)
+    stored.setdefault(weight_key(path), arrays[f"model/{i:05d}"])
+    paths.setdefault(weight_key(path), path)
   copied, fresh, used = [], [], set()
   for var in variables:
     if _rng_state(var.path):
       continue
-    key = _key(var.path)
+    key = weight_key(var.path)
     value = stored.get(key)
     if value is None:
       fresh.append(var.path)

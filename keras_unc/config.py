@@ -4,6 +4,7 @@ import difflib
 import inspect
 import os
 import re
+import sys
 
 import gin
 import tensorflow as tf
@@ -76,6 +77,15 @@ def parse(gin_files=(), gin_params=(), finalize=True):
     if explained:
       raise ConfigError(explained) from e
     raise
+
+
+def parse_or_exit(gin_files=(), gin_params=()):
+  """`parse` for command-line entry points: a config error prints one line, exits with 2."""
+  try:
+    parse(gin_files, gin_params)
+  except ConfigError as e:
+    print(f"ERROR: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def save_operative_config(workdir, summary_writer=None):

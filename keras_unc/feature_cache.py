@@ -78,16 +78,7 @@ def resolve_checkpoint(path):
   if not path:
     raise ValueError("No checkpoint to cache features from: set cache_features.checkpoint "
                      "(or train.warm_start) to a checkpoint folder or a training workdir.")
-  path = os.path.abspath(path)
-  if os.path.exists(os.path.join(path, "meta.json")):
-    return path
-  for folder in (os.path.join(path, "checkpoints"), path):
-    if os.path.isdir(folder):
-      steps = sorted(n for n in os.listdir(folder) if checkpoints._NAME.match(n))  # pylint: disable=protected-access
-      if steps:
-        return os.path.join(folder, steps[-1])
-  raise FileNotFoundError(f"No checkpoint at {path}: expected a checkpoint folder (with "
-                          "meta.json), a checkpoints/ folder or a training workdir.")
+  return checkpoints.resolve(path)
 
 
 def file_sha256(path, chunk=1 << 22):
@@ -115,9 +106,9 @@ def load_pretrained(network, path):
       network.variables) and all(p == v.path for p, v in zip(stored, network.variables)):
     checkpoints.assign(network.variables, arrays, "model", path)
     return f"all {len(stored)} variables restored"
-  keys = {checkpoints._key(p) for p in stored}  # pylint: disable=protected-access
+  keys = {checkpoints.weight_key(p) for p in stored}
   missing = [v.path for v in network.backbone.variables
-             if checkpoints._key(v.path) not in keys]  # pylint: disable=protected-access
+             if checkpoints.weight_key(v.path) not in keys]
   if missing:
     raise checkpoints.CheckpointMismatchError(
         f"Checkpoint {path} lacks {len(missing)} of the backbone's "

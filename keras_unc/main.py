@@ -54,11 +54,7 @@ def main(argv):
     params.append(f"get_strategy.name = '{FLAGS.strategy}'")
   if FLAGS.tpu:
     params.append(f"get_strategy.tpu = '{FLAGS.tpu}'")
-  try:
-    config.parse(FLAGS.gin_file, params)
-  except config.ConfigError as e:
-    print(f"ERROR: {e}", file=sys.stderr)
-    sys.exit(2)
+  config.parse_or_exit(FLAGS.gin_file, params)
   if FLAGS.export_dir:
     if FLAGS["mode"].present and FLAGS.mode != "eval":
       print("ERROR: --export_dir evaluates a SavedModel: use it with --mode=eval.",

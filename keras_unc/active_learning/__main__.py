@@ -4,7 +4,6 @@ Runs (or resumes) the active-learning rounds configured by `active_learning.*` a
 usual `train.*` bindings, then prints accuracy against the number of labels.
 """
 
-import sys
 
 from absl import app, flags, logging
 
@@ -33,11 +32,7 @@ def main(argv):
   # pylint: disable=import-outside-toplevel
   from keras_unc import config
   from keras_unc.active_learning import loop
-  try:
-    config.parse(FLAGS.gin_file, FLAGS.gin_param)
-  except config.ConfigError as e:
-    print(f"ERROR: {e}", file=sys.stderr)
-    sys.exit(2)
+  config.parse_or_exit(FLAGS.gin_file, FLAGS.gin_param)
   records = loop.active_learning(FLAGS.workdir)
   print(table(records, FLAGS.workdir), flush=True)
 

@@ -20,28 +20,12 @@ member_head_kernel.checkpoints = ['/runs/seed0_ft', '/runs/seed1_ft']
 ```
 """
 
-import os
 
 import gin
 import keras
 import numpy as np
 
 from keras_unc import checkpoints as ckpt_lib
-
-
-def resolve_checkpoint(path):
-  """A checkpoint folder (`meta.json` + `variables.npz`) from a folder or a workdir (its
-  newest checkpoint)."""
-  if os.path.isfile(os.path.join(path, "meta.json")):
-    return path
-  folder = os.path.join(path, "checkpoints")
-  if os.path.isdir(folder):
-    steps = ckpt_lib.Checkpointer(folder).steps()
-    if steps:
-      return ckpt_lib.Checkpointer(folder).path(steps[0])
-  raise FileNotFoundError(f"No keras_unc checkpoint at {path!r}: give a checkpoint folder "
-                          "(with meta.json and variables.npz) or a workdir with "
-                          "checkpoints/ (train the member first).")
 
 
 def _skippable(path):
@@ -52,12 +36,12 @@ def _skippable(path):
 def stored_by_key(path):
   """`{(layer, weight): array}` of a checkpoint's model variables, with the paths; a key
   that occurs twice (e.g. a checkpoint of a CAT network) maps to None (ambiguous)."""
-  arrays, meta = ckpt_lib.read(resolve_checkpoint(path))
+  arrays, meta = ckpt_lib.read(ckpt_lib.resolve(path))
   stored = {}
   for i, (var_path, _) in enumerate(meta.get("variables", [])):
     if _skippable(var_path):
       continue
-    key = ckpt_lib._key(var_path)  # pylint: disable=protected-access
+    key = ckpt_lib.weight_key(var_path)
     stored[key] = None if key in stored else arrays[f"model/{i:05d}"]
   return stored
 
@@ -78,7 +62,7 @@ def load_backbone_weights(backbone, path):
   for var in backbone.variables:
     if _skippable(var.path):
       continue
-    key = ckpt_lib._key(var.path)  # pylint: disable=protected-access
+    key = ckpt_lib.weight_key(var.path)
     value = stored.get(key, "missing")
     if value is None:
       problems.append(f"{var.path} (ambiguous: several {key} in the checkpoint)")

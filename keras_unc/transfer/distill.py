@@ -57,12 +57,11 @@ def load_teacher(path, num_classes, input_shape, scope="teacher", method="determ
   from keras_unc.evaluators.saved_model import SavedModelNetwork  # pylint: disable=import-outside-toplevel
   from keras_unc.methods import get_method  # pylint: disable=import-outside-toplevel
   from keras_unc.model import build_network  # pylint: disable=import-outside-toplevel
-  from keras_unc.transfer.cat import resolve_checkpoint  # pylint: disable=import-outside-toplevel
 
   if path is not None and tf.saved_model.contains_saved_model(path):
     return SavedModelNetwork(path)
   if path is not None:
-    source = resolve_checkpoint(path)
+    source = ckpt_lib.resolve(path)
     arrays, meta = ckpt_lib.read(source)
     method = meta.get("method") or method
   with gin.config_scope(scope):
