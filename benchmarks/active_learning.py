@@ -27,7 +27,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# pylint: disable=wrong-import-position
 import gin  # noqa: E402
 
 from keras_unc import config  # noqa: E402
@@ -53,8 +52,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--gin_file", default="active_learning/mnist.gin")
   parser.add_argument("--gin_param", action="append", default=[])
-  parser.add_argument("--target", default="auto",
-                      help="test accuracy to reach, or 'auto': uniform's final accuracy")
+  parser.add_argument(
+    "--target", default="auto", help="test accuracy to reach, or 'auto': uniform's final accuracy"
+  )
   parser.add_argument("--rounds", type=int, default=None, help="override num_rounds")
   parser.add_argument("--strategies", default=",".join((BASELINE,) + UNCERTAINTY))
   parser.add_argument("--workdir", default=None, help="keep outputs here (resumable)")
@@ -82,15 +82,21 @@ def main():
     target = curves[BASELINE][1][-1]
   else:
     target = float(args.target)
-  print(f"\nMNIST test accuracy vs labelled-set size ({args.gin_file}; "
-        f"target accuracy {target:.4f}{' = uniform final' if args.target == 'auto' else ''})")
+  print(
+    f"\nMNIST test accuracy vs labelled-set size ({args.gin_file}; "
+    f"target accuracy {target:.4f}{' = uniform final' if args.target == 'auto' else ''})"
+  )
   print(" labels | " + " | ".join(f"{s:>8}" for s in strategies))
   print("--------+" + "+".join("-" * 10 for _ in strategies))
   for i, n in enumerate(labels):
     print(f"{n:>7} | " + " | ".join(f"{curves[s][1][i]:>8.4f}" for s in strategies))
   needed = {s: labels_to_reach(*curves[s], target) for s in strategies}
-  print(" needed | " + " | ".join(
-      f"{needed[s]:>8.1f}" if needed[s] is not None else f"{'never':>8}" for s in strategies))
+  print(
+    " needed | "
+    + " | ".join(
+      f"{needed[s]:>8.1f}" if needed[s] is not None else f"{'never':>8}" for s in strategies
+    )
+  )
 
   base = needed.get(BASELINE)
   reached = {s: needed[s] for s in UNCERTAINTY if s in needed and needed[s] is not None}
@@ -98,13 +104,19 @@ def main():
   ratio = (reached[best] / base) if (best and base) else None
   if not args.workdir:
     shutil.rmtree(workdir, ignore_errors=True)
-  print(json.dumps({
-      "label_ratio": None if ratio is None else round(ratio, 4),
-      "best_strategy": best, "target_accuracy": round(target, 4),
-      "labels_needed": {s: None if v is None else round(v, 1) for s, v in needed.items()},
-      "final_accuracy": {s: round(curves[s][1][-1], 4) for s in strategies},
-      "labels": labels, "seconds": {s: round(v, 1) for s, v in seconds.items()},
-  }))
+  print(
+    json.dumps(
+      {
+        "label_ratio": None if ratio is None else round(ratio, 4),
+        "best_strategy": best,
+        "target_accuracy": round(target, 4),
+        "labels_needed": {s: None if v is None else round(v, 1) for s, v in needed.items()},
+        "final_accuracy": {s: round(curves[s][1][-1], 4) for s in strategies},
+        "labels": labels,
+        "seconds": {s: round(v, 1) for s, v in seconds.items()},
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

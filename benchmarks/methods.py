@@ -23,16 +23,26 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import gin  # pylint: disable=g-import-not-at-top
-import keras  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
 
-from keras_unc import config  # pylint: disable=g-import-not-at-top
-from keras_unc import train as train_lib  # pylint: disable=g-import-not-at-top
+from keras_unc import config
+from keras_unc.training import trainer as train_lib
 
-METHODS = ("deterministic", "batchensemble", "sngp", "heteroscedastic", "hetxl", "mc_dropout",
-           "shallow_ensemble", "plex", "hetsngp", "be_sngp")
+METHODS = (
+  "deterministic",
+  "batchensemble",
+  "sngp",
+  "heteroscedastic",
+  "hetxl",
+  "mc_dropout",
+  "shallow_ensemble",
+  "plex",
+  "hetsngp",
+  "be_sngp",
+)
 
 
 class ChunkTimer(keras.callbacks.Callback):
@@ -48,8 +58,9 @@ class ChunkTimer(keras.callbacks.Callback):
       self.marks.append((step, time.perf_counter()))
 
   def step_seconds(self):
-    per = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(self.marks, self.marks[1:])
-           if s1 > s0]
+    per = [
+      (t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(self.marks, self.marks[1:]) if s1 > s0
+    ]
     return float(np.median(per))
 
 
@@ -66,17 +77,29 @@ def run(name, steps, warmup, workdir):
   gin_file = "demo/mnist.gin" if name == "deterministic" else f"demo/mnist_{name}.gin"
   gin.clear_config()
   keras.backend.clear_session()
-  config.parse([gin_file], [f"train.total_steps = {steps}", f"train.eval_every = {steps}",
-                            f"train.checkpoint_every = {steps}", "train.verbose = 0",
-                            "train.export_at_end = False"])
+  config.parse(
+    [gin_file],
+    [
+      f"train.total_steps = {steps}",
+      f"train.eval_every = {steps}",
+      f"train.checkpoint_every = {steps}",
+      "train.verbose = 0",
+      "train.export_at_end = False",
+    ],
+  )
   timer = ChunkTimer(warmup)
   start = time.perf_counter()
   result = train_lib.train(workdir, "train_and_eval", callbacks=[timer])
   m = result["metrics"]
-  return {"accuracy": m["test/accuracy"], "nll": m["test/nll"], "ece": m["test/ece"],
-          "ood_auroc": m["ood_fashion_mnist/auroc"], "step_s": timer.step_seconds(),
-          "flops": forward_flops(result["network"], (28, 28, 1)),
-          "wall_s": time.perf_counter() - start}
+  return {
+    "accuracy": m["test/accuracy"],
+    "nll": m["test/nll"],
+    "ece": m["test/ece"],
+    "ood_auroc": m["ood_fashion_mnist/auroc"],
+    "step_s": timer.step_seconds(),
+    "flops": forward_flops(result["network"], (28, 28, 1)),
+    "wall_s": time.perf_counter() - start,
+  }
 
 
 def main():
@@ -93,18 +116,26 @@ def main():
       print(f"  {name}: {found[name]}", flush=True)
   base = found["deterministic"]
   print(f"\n{args.steps} steps of batch 128 each, same run, {os.cpu_count()} CPU cores")
-  print(f"{'method':18s} {'acc':>7s} {'NLL':>7s} {'ECE':>7s} {'OOD AUROC':>9s} "
-        f"{'step s':>7s} {'step x':>7s} {'FLOP x':>7s}")
+  print(
+    f"{'method':18s} {'acc':>7s} {'NLL':>7s} {'ECE':>7s} {'OOD AUROC':>9s} "
+    f"{'step s':>7s} {'step x':>7s} {'FLOP x':>7s}"
+  )
   out = {}
   for name, r in found.items():
-    out[name] = {"accuracy": round(r["accuracy"], 4), "nll": round(r["nll"], 4),
-                 "ece": round(r["ece"], 4), "ood_auroc": round(r["ood_auroc"], 4),
-                 "step_time_ratio": round(r["step_s"] / base["step_s"], 3),
-                 "flop_ratio": round(r["flops"] / base["flops"], 3)}
+    out[name] = {
+      "accuracy": round(r["accuracy"], 4),
+      "nll": round(r["nll"], 4),
+      "ece": round(r["ece"], 4),
+      "ood_auroc": round(r["ood_auroc"], 4),
+      "step_time_ratio": round(r["step_s"] / base["step_s"], 3),
+      "flop_ratio": round(r["flops"] / base["flops"], 3),
+    }
     o = out[name]
-    print(f"{name:18s} {o['accuracy']:7.4f} {o['nll']:7.4f} {o['ece']:7.4f} "
-          f"{o['ood_auroc']:9.4f} {r['step_s']:7.3f} {o['step_time_ratio']:7.3f} "
-          f"{o['flop_ratio']:7.3f}")
+    print(
+      f"{name:18s} {o['accuracy']:7.4f} {o['nll']:7.4f} {o['ece']:7.4f} "
+      f"{o['ood_auroc']:9.4f} {r['step_s']:7.3f} {o['step_time_ratio']:7.3f} "
+      f"{o['flop_ratio']:7.3f}"
+    )
   print(json.dumps({"methods": out, "steps": args.steps}))
 
 

@@ -12,7 +12,7 @@
    "ood_eval_vs_predict" is the evaluator's throughput relative to predict
    (= predict seconds / evaluator seconds; 1.0 = no overhead).
 
-  KERAS_UNC_DATA_DIR=data .venv/bin/python benchmarks/metrics.py [--n 10000000]
+  .venv/bin/python benchmarks/metrics.py [--n 10000000]
 
 Last line: {"auroc_time_ratio_vs_sklearn": ..., "ece_seconds": ..., "ood_eval_vs_predict": ...}
 """
@@ -25,14 +25,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault(
-    "KERAS_UNC_DATA_DIR",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data"))
 
-import numpy as np  # pylint: disable=g-import-not-at-top
-from sklearn.metrics import roc_auc_score  # pylint: disable=g-import-not-at-top
+import numpy as np
+from sklearn.metrics import roc_auc_score
 
-from keras_unc import metrics  # pylint: disable=g-import-not-at-top
+from keras_unc import metrics
 
 
 def best_time(fn, repeats):
@@ -61,36 +58,43 @@ def bench_ece(n, num_classes, repeats):
   np.exp(probs, out=probs)
   probs /= probs.sum(axis=1, keepdims=True)
   labels = rng.integers(0, num_classes, size=n)
-  seconds, value = best_time(lambda: metrics.expected_calibration_error(probs, labels), repeats)
-  del probs
-  return seconds, value
+  return best_time(lambda: metrics.expected_calibration_error(probs, labels), repeats)
 
 
 def bench_ood(batch_size):
-  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   import keras
+
   from keras_unc.backbones import resnet
   from keras_unc.data import get_source
   from keras_unc.evaluators import OODEvaluator, Predictor
   from keras_unc.methods.deterministic import Deterministic
-  from keras_unc.model import build_network
+  from keras_unc.training.network import build_network
 
   keras.utils.set_random_seed(0)
   network = build_network(
-      Deterministic(head_init="glorot_uniform"), 10, (28, 28, 1),
-      backbone=lambda **kw: resnet(18, width=0.25, stem="cifar", **kw),
-      image_size=28, num_channels=1)
-  images = np.concatenate([get_source("mnist").arrays("test")[0],
-                           get_source("fashion_mnist").arrays("test")[0]]).astype(np.float32)
+    Deterministic(head_init="glorot_uniform"),
+    10,
+    (28, 28, 1),
+    backbone=lambda **kw: resnet(18, width=0.25, stem="cifar", **kw),
+    image_size=28,
+    num_channels=1,
+  )
+  images = np.concatenate(
+    [get_source("mnist").arrays("test")[0], get_source("fashion_mnist").arrays("test")[0]]
+  ).astype(np.float32)
 
   def bare():
     return network.predict(images, batch_size=batch_size, verbose=0)
 
   # Scores computed from the 20k predictions only (the Mahalanobis scores would
   # add a 60k-image pass over the train split).
-  evaluator = OODEvaluator(in_dataset="mnist", in_split="test",
-                           ood={"fashion_mnist": ("fashion_mnist", "test")},
-                           scores=("uncertainty", "msp", "entropy", "max_logit"), plot=False)
+  evaluator = OODEvaluator(
+    in_dataset="mnist",
+    in_split="test",
+    ood={"fashion_mnist": ("fashion_mnist", "test")},
+    scores=("uncertainty", "msp", "entropy", "max_logit"),
+    plot=False,
+  )
   predictor = Predictor(network, batch_size)
 
   def evaluate():
@@ -101,8 +105,14 @@ def bench_ood(batch_size):
   cold_eval, _ = best_time(evaluate, 1)
   predict_s, _ = best_time(bare, 2)
   eval_s, result = best_time(evaluate, 2)
-  return {"images": len(images), "predict_s": predict_s, "eval_s": eval_s,
-          "cold_predict_s": cold_predict, "cold_eval_s": cold_eval, "result": result}
+  return {
+    "images": len(images),
+    "predict_s": predict_s,
+    "eval_s": eval_s,
+    "cold_predict_s": cold_predict,
+    "cold_eval_s": cold_eval,
+    "result": result,
+  }
 
 
 def main():
@@ -123,17 +133,25 @@ def main():
   print(f"{'sklearn roc_auc_score':<46}{sk_s:>10.3f}")
   print(f"{'  ratio ours / sklearn (AUROC ' + f'{auc:.4f})':<46}{ours_s / sk_s:>10.3f}")
   print(f"{'expected_calibration_error (10 classes)':<46}{ece_s:>10.3f}")
-  print(f"\nOOD evaluation, {ood['images']:,} images (mnist + fashion_mnist test), "
-        f"batch {args.batch}, ResNet-18 w0.25")
+  print(
+    f"\nOOD evaluation, {ood['images']:,} images (mnist + fashion_mnist test), "
+    f"batch {args.batch}, ResNet-18 w0.25"
+  )
   print(f"{'bare network.predict (warm)':<46}{ood['predict_s']:>10.3f}")
   print(f"{'OODEvaluator + Predictor (warm)':<46}{ood['eval_s']:>10.3f}")
   print(f"{'bare network.predict (cold, first call)':<46}{ood['cold_predict_s']:>10.3f}")
   print(f"{'OODEvaluator + Predictor (cold, first call)':<46}{ood['cold_eval_s']:>10.3f}")
   print(f"{'  evaluator throughput / predict throughput':<46}{ratio:>10.3f}")
   print("  metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(ood["result"].items())))
-  print(json.dumps({"auroc_time_ratio_vs_sklearn": round(ours_s / sk_s, 4),
-                    "ece_seconds": round(ece_s, 4),
-                    "ood_eval_vs_predict": round(ratio, 4)}))
+  print(
+    json.dumps(
+      {
+        "auroc_time_ratio_vs_sklearn": round(ours_s / sk_s, 4),
+        "ece_seconds": round(ece_s, 4),
+        "ood_eval_vs_predict": round(ratio, 4),
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -36,21 +36,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def _child(args):
   """One configuration; prints one JSON line."""
-  import keras  # pylint: disable=import-outside-toplevel
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import keras
+  import tensorflow as tf
 
-  from keras_unc import config, distribute  # pylint: disable=import-outside-toplevel
-  from keras_unc import train as train_lib  # pylint: disable=import-outside-toplevel
+  from keras_unc import config
+  from keras_unc.runtime import distribute
+  from keras_unc.training import trainer as train_lib
 
   gpus = tf.config.list_physical_devices("GPU")
   use_gpu = len(gpus) >= args.replicas
   if not use_gpu:
     distribute.configure_cpu_devices(args.replicas)
   kind = "GPU" if use_gpu else "CPU"
-  devices = [d.name for d in tf.config.list_logical_devices(kind)][:args.replicas]
+  devices = [d.name for d in tf.config.list_logical_devices(kind)][: args.replicas]
 
   class StepTimer(keras.callbacks.Callback):
-
     def __init__(self):
       super().__init__()
       self.times = []
@@ -60,10 +60,17 @@ def _child(args):
 
   timer = StepTimer()
   strategy = "'auto'" if args.replicas == 1 else "'mirrored'"
-  params = [f"train.total_steps={args.steps}", f"train.batch_size={args.batch}",
-            "train.evaluators=[]", "train.export_at_end=False", "train.log_every=1000000",
-            f"train.checkpoint_every={args.steps}", "train.deterministic_ops=False",
-            f"get_strategy.name={strategy}", *args.gin_param]
+  params = [
+    f"train.total_steps={args.steps}",
+    f"train.batch_size={args.batch}",
+    "train.evaluators=[]",
+    "train.export_at_end=False",
+    "train.log_every=1000000",
+    f"train.checkpoint_every={args.steps}",
+    "train.deterministic_ops=False",
+    f"get_strategy.name={strategy}",
+    *args.gin_param,
+  ]
   if args.replicas > 1:
     params.append(f"get_strategy.devices={devices!r}")
   config.parse([args.gin_file], params)
@@ -81,10 +88,21 @@ def _child(args):
     per_replica = (max(peaks) / args.replicas) if kind == "CPU" else max(peaks)
   else:  # The CPU allocator kept no statistics in this process: whole-process RSS.
     source, per_replica = "peak RSS / replicas", rss_mb / args.replicas
-  print(json.dumps({"replicas": args.replicas, "devices": devices, "img_s": img_s,
-                    "timed_steps": steps, "peak_mb_per_replica": per_replica,
-                    "memory_source": source, "allocator_peaks_mb": peaks,
-                    "peak_rss_mb": rss_mb}), flush=True)
+  print(
+    json.dumps(
+      {
+        "replicas": args.replicas,
+        "devices": devices,
+        "img_s": img_s,
+        "timed_steps": steps,
+        "peak_mb_per_replica": per_replica,
+        "memory_source": source,
+        "allocator_peaks_mb": peaks,
+        "peak_rss_mb": rss_mb,
+      }
+    ),
+    flush=True,
+  )
 
 
 def main():
@@ -103,9 +121,16 @@ def main():
     return
   results = {}
   for replicas in (1, 2):
-    cmd = [sys.executable, os.path.abspath(__file__), f"--replicas={replicas}",
-           f"--steps={args.steps}", f"--warmup={args.warmup}", f"--batch={args.batch}",
-           f"--gin_file={args.gin_file}", *[f"--gin_param={p}" for p in args.gin_param]]
+    cmd = [
+      sys.executable,
+      os.path.abspath(__file__),
+      f"--replicas={replicas}",
+      f"--steps={args.steps}",
+      f"--warmup={args.warmup}",
+      f"--batch={args.batch}",
+      f"--gin_file={args.gin_file}",
+      *[f"--gin_param={p}" for p in args.gin_param],
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     if proc.returncode:
@@ -113,28 +138,47 @@ def main():
     results[replicas] = json.loads(proc.stdout.strip().splitlines()[-1])
     results[replicas]["wall_s"] = time.perf_counter() - t0
   one, two = results[1], results[2]
-  print(f"keras_unc trainer, {args.gin_file}, global batch {args.batch}, "
-        f"{one['timed_steps']} timed steps after {args.warmup} warmup")
-  print(f"{'replicas':>8}  {'devices':<44}  {'images/s':>9}  {'peak MB/replica':>15}  "
-        f"{'peak RSS MB':>11}  {'wall s':>6}")
+  print(
+    f"keras_unc trainer, {args.gin_file}, global batch {args.batch}, "
+    f"{one['timed_steps']} timed steps after {args.warmup} warmup"
+  )
+  print(
+    f"{'replicas':>8}  {'devices':<44}  {'images/s':>9}  {'peak MB/replica':>15}  "
+    f"{'peak RSS MB':>11}  {'wall s':>6}"
+  )
   for r in (one, two):
-    print(f"{r['replicas']:>8}  {', '.join(r['devices']):<44}  {r['img_s']:>9.1f}  "
-          f"{r['peak_mb_per_replica']:>15.1f}  {r['peak_rss_mb']:>11.0f}  {r['wall_s']:>6.1f}")
+    print(
+      f"{r['replicas']:>8}  {', '.join(r['devices']):<44}  {r['img_s']:>9.1f}  "
+      f"{r['peak_mb_per_replica']:>15.1f}  {r['peak_rss_mb']:>11.0f}  {r['wall_s']:>6.1f}"
+    )
   print(f"memory per replica: {two['memory_source']}")
   ratio = two["img_s"] / one["img_s"]
-  print(f"ratio 2/1 replicas: {ratio:.2f}"
-        + ("  (logical CPU devices share the same cores: distribution overhead, no speed-up "
-           "expected)" if "CPU" in two["devices"][0] else ""))
-  print(json.dumps({"img_s_1": round(one["img_s"], 1), "img_s_2": round(two["img_s"], 1),
-                    "ratio": round(ratio, 3),
-                    "peak_mb_per_replica_1": round(one["peak_mb_per_replica"], 1),
-                    "peak_mb_per_replica_2": round(two["peak_mb_per_replica"], 1),
-                    "peak_rss_mb_1": round(one["peak_rss_mb"]),
-                    "peak_rss_mb_2": round(two["peak_rss_mb"]),
-                    "memory_source": two["memory_source"],
-                    "device": two["devices"][0].split(":")[-2].split("/")[-1].upper()
-                    if "device:" in two["devices"][0] else "CPU",
-                    "global_batch": args.batch}))
+  print(
+    f"ratio 2/1 replicas: {ratio:.2f}"
+    + (
+      "  (logical CPU devices share the same cores: distribution overhead, no speed-up expected)"
+      if "CPU" in two["devices"][0]
+      else ""
+    )
+  )
+  print(
+    json.dumps(
+      {
+        "img_s_1": round(one["img_s"], 1),
+        "img_s_2": round(two["img_s"], 1),
+        "ratio": round(ratio, 3),
+        "peak_mb_per_replica_1": round(one["peak_mb_per_replica"], 1),
+        "peak_mb_per_replica_2": round(two["peak_mb_per_replica"], 1),
+        "peak_rss_mb_1": round(one["peak_rss_mb"]),
+        "peak_rss_mb_2": round(two["peak_rss_mb"]),
+        "memory_source": two["memory_source"],
+        "device": two["devices"][0].split(":")[-2].split("/")[-1].upper()
+        if "device:" in two["devices"][0]
+        else "CPU",
+        "global_batch": args.batch,
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

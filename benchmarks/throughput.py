@@ -22,14 +22,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import keras
+import tensorflow as tf
 
-from keras_unc import config  # pylint: disable=g-import-not-at-top
-from keras_unc import train as train_lib  # pylint: disable=g-import-not-at-top
-from keras_unc.backbones import vit  # pylint: disable=g-import-not-at-top
-from keras_unc.data import get_source  # pylint: disable=g-import-not-at-top
-from keras_unc.layers import InputAdapter  # pylint: disable=g-import-not-at-top
+from keras_unc import config
+from keras_unc.backbones import vit
+from keras_unc.data import get_source
+from keras_unc.layers import InputAdapter
+from keras_unc.training import trainer as train_lib
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -52,11 +52,21 @@ class StepTimer(keras.callbacks.Callback):
 
 def run_keras_unc(args):
   total = args.warmup + args.steps
-  config.parse(["backbones/vit_ti16.gin", "base.gin"], [
-      "train.dataset = 'mnist'", "train.evaluators = []", f"train.batch_size = {args.batch}",
-      f"train.total_steps = {total}", "train.export_at_end = False", "train.verbose = 0",
-      "train.jit_compile = True", "train.steps_per_execution = 1", "train.log_every = 1000000",
-      f"make_optimizer.learning_rate = 1e-4"])
+  config.parse(
+    ["backbones/vit_ti16.gin", "base.gin"],
+    [
+      "train.dataset = 'mnist'",
+      "train.evaluators = []",
+      f"train.batch_size = {args.batch}",
+      f"train.total_steps = {total}",
+      "train.export_at_end = False",
+      "train.verbose = 0",
+      "train.jit_compile = True",
+      "train.steps_per_execution = 1",
+      "train.log_every = 1000000",
+      "make_optimizer.learning_rate = 1e-4",
+    ],
+  )
   timer = StepTimer(args.warmup, args.batch)
   with tempfile.TemporaryDirectory() as workdir:
     train_lib.train(workdir, "train", callbacks=[timer])
@@ -65,18 +75,24 @@ def run_keras_unc(args):
 
 def run_plain(args):
   images, labels = get_source("mnist").arrays("train")
-  ds = (tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(60000, seed=0).repeat()
-        .batch(args.batch, drop_remainder=True)
-        .map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE))
+  ds = (
+    tf.data.Dataset.from_tensor_slices((images, labels))
+    .shuffle(60000, seed=0)
+    .repeat()
+    .batch(args.batch, drop_remainder=True)
+    .map(lambda x, y: (tf.cast(x, tf.float32), y))
+    .prefetch(tf.data.AUTOTUNE)
+  )
   inputs = keras.Input((28, 28, 1))
   x = InputAdapter(224, num_channels=3)(inputs)
   x = vit("Ti/16", image_size=224, num_channels=3, pooling="token", posemb="learn")(x)
   model = keras.Model(inputs, keras.layers.Dense(10)(x))
-  model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=1e-4),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  model.compile(
+    optimizer=keras.optimizers.AdamW(1e-4, weight_decay=1e-4),
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+  )
   timer = StepTimer(args.warmup, args.batch)
-  model.fit(ds, steps_per_epoch=args.warmup + args.steps, epochs=1, callbacks=[timer],
-            verbose=0)
+  model.fit(ds, steps_per_epoch=args.warmup + args.steps, epochs=1, callbacks=[timer], verbose=0)
   return timer.images_per_second()
 
 
@@ -89,15 +105,24 @@ def main():
   plain = run_plain(args)
   ours = run_keras_unc(args)
   rows = [("plain keras.Model.fit", plain), ("keras_unc train()", ours)]
-  print(f"\nViT-Ti/16 @224px, batch {args.batch}, {args.steps} timed steps, "
-        f"{os.cpu_count()} CPU cores")
+  print(
+    f"\nViT-Ti/16 @224px, batch {args.batch}, {args.steps} timed steps, {os.cpu_count()} CPU cores"
+  )
   print(f"{'run':<24}{'images/s':>10}")
   for name, value in rows:
     print(f"{name:<24}{value:>10.2f}")
   print(f"{'ratio (keras_unc/plain)':<24}{ours / plain:>10.3f}")
-  print(json.dumps({"keras_unc_img_s": round(ours, 3), "plain_img_s": round(plain, 3),
-                    "ratio": round(ours / plain, 4), "batch": args.batch,
-                    "timed_steps": args.steps}))
+  print(
+    json.dumps(
+      {
+        "keras_unc_img_s": round(ours, 3),
+        "plain_img_s": round(plain, 3),
+        "ratio": round(ours / plain, 4),
+        "batch": args.batch,
+        "timed_steps": args.steps,
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -1,15 +1,29 @@
-"""Gin helpers: parse files and bindings with helpful errors, save the operative config."""
+"""Gin helpers: parse files and bindings with helpful errors, save the operative config.
 
+A leaf: it imports nothing of keras_unc. Configurables register when their modules are
+imported; `keras_unc.configure` (or `keras_unc.cli.registry`) imports them all first.
+The gin files ship inside the package (`keras_unc.gin_configs`, the repo's top-level
+`gin_configs/`) and are found with `importlib.resources`; a path the user gives is tried
+first.
+"""
+
+import copy
 import difflib
+import importlib.resources
 import inspect
 import os
 import re
-import sys
 
 import gin
-import tensorflow as tf
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
+
+def _gin_dir():
+  # The wheel's keras_unc/gin_configs/, or in an editable
+  # install the repo's gin_configs/ through setuptools' package_dir mapping.
+  return str(importlib.resources.files("keras_unc.gin_configs"))
+
+
+GIN_DIR = _gin_dir()
 
 
 class ConfigError(ValueError):
@@ -17,8 +31,10 @@ class ConfigError(ValueError):
 
 
 def _configurables():
-  return sorted({sel.split(".")[-1] for sel, _ in gin.config._REGISTRY.items()}
-                | {sel for sel, _ in gin.config._REGISTRY.items()})
+  return sorted(
+    {sel.split(".")[-1] for sel, _ in gin.config._REGISTRY.items()}
+    | {sel for sel, _ in gin.config._REGISTRY.items()}
+  )
 
 
 def _explain(error):
@@ -29,8 +45,11 @@ def _explain(error):
     name = m.group(1)
     close = difflib.get_close_matches(name, _configurables(), n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return (f"Unknown gin configurable {name!r}.{hint} Registered configurables come from "
-            f"keras_unc modules; check the spelling in your --gin_file/--gin_param.\n{msg}")
+    return (
+      f"Unknown gin configurable {name!r}.{hint} Configurables register when their "
+      "module is imported: check the spelling in your --gin_file/--gin_param, and from "
+      f"Python call keras_unc.configure(...) (it imports them all).\n{msg}"
+    )
   m = re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", msg)
   if m:
     name, param = m.groups()
@@ -38,16 +57,11 @@ def _explain(error):
     params = list(inspect.signature(fn).parameters)
     close = difflib.get_close_matches(param, params, n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return (f"Unknown gin parameter {name}.{param}.{hint} "
-            f"Valid parameters of {name}: {', '.join(params)}.\n{msg}")
+    return (
+      f"Unknown gin parameter {name}.{param}.{hint} "
+      f"Valid parameters of {name}: {', '.join(params)}.\n{msg}"
+    )
   return None
-
-
-def _register_configurables():
-  # Importing the modules is what registers their @gin.configurable names.
-  # pylint: disable=import-outside-toplevel,unused-import
-  from keras_unc import active_learning, backbones, evaluators, methods, train  # noqa: F401
-  from keras_unc.transfer import cat, distill, layerwise  # noqa: F401
 
 
 def _search_gin_dir_first():
@@ -61,17 +75,30 @@ def _search_gin_dir_first():
     prefixes.insert(0, GIN_DIR)
 
 
+def resolve_gin_file(path):
+  """The file a user's `--gin_file` names: the path as given (relative to the working
+  directory) first, else the same path inside the shipped `gin_configs/`.
+  """
+  if os.path.exists(path):
+    return os.path.abspath(path)
+  shipped = os.path.join(GIN_DIR, path)
+  if os.path.exists(shipped):
+    return shipped
+  raise ConfigError(
+    f"gin file {path!r} not found (looked relative to the working directory and to {GIN_DIR})."
+  )
+
+
 def parse(gin_files=(), gin_params=(), finalize=True):
-  """Parses gin files then bindings (later ones win), searching `gin_configs/` too."""
+  """Parses gin files then bindings (later ones win).
+
+  A file is looked up as given, then in the shipped `gin_configs/`; `include` lines inside
+  gin files are looked up in `gin_configs/` first, then relative to the working directory.
+  """
   _search_gin_dir_first()
-  _register_configurables()
-  for path in gin_files:
-    if not os.path.exists(path) and not os.path.exists(os.path.join(GIN_DIR, path)):
-      raise ConfigError(f"gin file {path!r} not found (looked relative to the working "
-                        f"directory and to {GIN_DIR}).")
+  gin_files = [resolve_gin_file(path) for path in gin_files]
   try:
-    gin.parse_config_files_and_bindings(list(gin_files), list(gin_params),
-                                        finalize_config=finalize)
+    gin.parse_config_files_and_bindings(list(gin_files), list(gin_params), finalize_config=finalize)
   except ValueError as e:
     explained = _explain(e)
     if explained:
@@ -79,13 +106,40 @@ def parse(gin_files=(), gin_params=(), finalize=True):
     raise
 
 
-def parse_or_exit(gin_files=(), gin_params=()):
-  """`parse` for command-line entry points: a config error prints one line, exits with 2."""
+def query(name, default=None):
+  """The value bound to `name` (e.g. "train.evaluators") in the parsed config, else `default`.
+
+  References are evaluated: `[@ClassificationEvaluator()]` comes back as the built objects
+  (gin's deep copy of a configurable reference calls it).
+  """
   try:
-    parse(gin_files, gin_params)
-  except ConfigError as e:
-    print(f"ERROR: {e}", file=sys.stderr)
-    sys.exit(2)
+    return copy.deepcopy(gin.query_parameter(name))
+  except ValueError:
+    return default
+
+
+def value(name):
+  """The value `name` ("selector.param", e.g. "gp_head.num_inducing") takes in the parsed
+  config: its binding, else the default in the configurable's Python signature (gin files
+  bind only what differs from it). Raises ValueError for an unknown name or a required
+  parameter left unbound.
+  """
+  try:
+    return gin.query_parameter(name)
+  except ValueError:
+    pass
+  selector, param = name.rsplit(".", 1)
+  match = gin.config._REGISTRY.get_match(selector.split("/")[-1])
+  if match is None:
+    raise ValueError(f"Unknown gin configurable in {name!r}.")
+  target = match.wrapped.__init__ if inspect.isclass(match.wrapped) else match.wrapped
+  params = inspect.signature(target).parameters
+  if param not in params:
+    raise ValueError(f"{selector} has no parameter {param!r}.")
+  default = params[param].default
+  if default is inspect.Parameter.empty or default is gin.REQUIRED:
+    raise ValueError(f"{name} is required and not bound.")
+  return default
 
 
 def save_operative_config(workdir, summary_writer=None):
@@ -96,6 +150,8 @@ def save_operative_config(workdir, summary_writer=None):
     f.write(text)
   os.replace(tmp, os.path.join(workdir, "config.gin"))
   if summary_writer is not None:
+    import tensorflow as tf
+
     md = "\n".join("    " + line for line in text.splitlines())  # Markdown code block.
     with summary_writer.as_default():
       tf.summary.text("gin/operative_config", md, step=0)

@@ -26,7 +26,7 @@ fi
 CKPT="$(newest "$PRE")"
 
 echo "== 2/3 caching the frozen backbone's embeddings and logits in $CACHE"
-$PY -m keras_unc.cache --gin_file=gin_configs/demo/url_mnist.gin --workdir="$CACHE" \
+$PY -m keras_unc cache --gin_file=gin_configs/demo/url_mnist.gin --workdir="$CACHE" \
   --gin_param="train.warm_start='$CKPT'"
 
 echo "== 3/3 training the pred-net from the cache, evaluating on Fashion-MNIST"

@@ -7,12 +7,13 @@
 #                     /usr/share/datasets/fashion-mnist if installed system-wide.
 #
 # Layout: $DATA/mnist/mnist.pkl.gz, $DATA/fashion_mnist/{train,t10k}-*-ubyte.gz
-# DATA defaults to <repo>/data and is overridden by $KERAS_UNC_DATA_DIR.
+# DATA is $KERAS_UNC_DATA_DIR, else the per-user cache folder keras_unc reads by default
+# ($XDG_CACHE_HOME/keras_unc/data, i.e. ~/.cache/keras_unc/data).
 # Idempotent: files already present are not fetched again.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-DATA="${KERAS_UNC_DATA_DIR:-$REPO/data}"
+DATA="${KERAS_UNC_DATA_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/keras_unc/data}"
 if [[ -n "${PIP:-}" ]]; then :
 elif [[ -x "$REPO/.venv/bin/pip" ]]; then PIP="$REPO/.venv/bin/pip"
 else PIP=pip; fi

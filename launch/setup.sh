@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv if missing, installs keras_unc (+ test extras) and fetches the offline data.
-# Idempotent and fast when nothing changed: the install is skipped while setup.cfg is unchanged.
+# Idempotent and fast when nothing changed: the install is skipped while setup.cfg, setup.py and pyproject.toml are unchanged.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=".venv/.keras_unc-installed"
-want="$(sha256sum setup.cfg pyproject.toml | sha256sum | cut -c1-16)"
+want="$(sha256sum setup.cfg setup.py pyproject.toml | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing keras_unc and dependencies into .venv (TensorFlow is large: ~1 min)"
   .venv/bin/python -m pip install -q --upgrade pip

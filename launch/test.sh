@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Set-up (as launch/demo.sh) then the whole test suite. Extra arguments go to pytest.
+# Set-up (as launch/demo.sh), the style check (ruff format + ruff check, configured in
+# pyproject.toml), then the whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 bash launch/setup.sh
-export KERAS_UNC_DATA_DIR="${KERAS_UNC_DATA_DIR:-$REPO/data}"
+if ! .venv/bin/ruff format --check --quiet . || ! .venv/bin/ruff check --quiet .; then
+  echo "Style check failed: run '.venv/bin/ruff format . && .venv/bin/ruff check --fix .'" \
+    "(see CONTRIBUTING.md), then review the diff." >&2
+  exit 1
+fi
 exec .venv/bin/python -m pytest -q "$@"

@@ -7,7 +7,8 @@ import keras
 import pytest
 import tensorflow as tf
 
-from keras_unc import config, distribute
+from keras_unc import config
+from keras_unc.runtime import distribute
 
 
 def test_unknown_configurable_suggests_close_match():
@@ -40,7 +41,8 @@ def test_includes_resolve_from_gin_configs(tmp_path, monkeypatch):
 
 def test_operative_config_saved(tmp_path):
   config.parse([], ["make_optimizer.learning_rate = 0.5"])
-  from keras_unc.optim import make_optimizer  # pylint: disable=import-outside-toplevel
+  from keras_unc.training.optim import make_optimizer
+
   make_optimizer(10)
   text = config.save_operative_config(str(tmp_path))
   assert "make_optimizer.learning_rate = 0.5" in (tmp_path / "config.gin").read_text() == text
@@ -79,3 +81,29 @@ def test_precision_policies():
 def test_tpu_without_tpu_is_clear(tpu):
   with pytest.raises(RuntimeError, match="No TPU found .*--tpu=local"):
     distribute.get_strategy("tpu", tpu=tpu)
+
+
+def test_a_users_gin_file_wins_over_the_shipped_one(tmp_path, monkeypatch):
+  # Same relative name as a shipped file: the user's own (in the working directory) is read.
+  (tmp_path / "demo").mkdir()
+  (tmp_path / "demo" / "mnist.gin").write_text("train.total_steps = 7\n")
+  monkeypatch.chdir(tmp_path)
+  config.parse(["demo/mnist.gin"], [], finalize=False)
+  assert gin.query_parameter("train.total_steps") == 7
+  gin.clear_config()
+  # A name that exists only in the package comes from the shipped gin_configs/.
+  config.parse(["testing/tiny.gin"], [], finalize=False)
+  assert gin.query_parameter("train.dataset") == "digits"
+  with pytest.raises(config.ConfigError, match="not found"):
+    config.parse(["nope/missing.gin"])
+
+
+def test_value_is_the_binding_else_the_python_default():
+  config.parse(["methods/sngp.gin"], ["gp_head.num_inducing = 64"], finalize=False)
+  assert config.value("gp_head.num_inducing") == 64  # Bound.
+  assert config.value("gp_head.kernel_scale") == 1.0  # Python default of heads.GaussianProcess.
+  assert config.value("spectral_norm.norm_bound") == 6.0
+  with pytest.raises(ValueError, match="no parameter"):
+    config.value("gp_head.nope")
+  with pytest.raises(ValueError, match="required"):
+    config.value("train.dataset")

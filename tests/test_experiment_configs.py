@@ -16,12 +16,15 @@ import os
 import gin
 import pytest
 
-from keras_unc import config, optim
+from keras_unc import config
 from keras_unc.data.ops import parse_ops
+from keras_unc.training import optim
 
 GIN_DIR = config.GIN_DIR
-ALL_GIN_FILES = sorted(os.path.relpath(p, GIN_DIR)
-                       for p in glob.glob(os.path.join(GIN_DIR, "**", "*.gin"), recursive=True))
+ALL_GIN_FILES = sorted(
+  os.path.relpath(p, GIN_DIR)
+  for p in glob.glob(os.path.join(GIN_DIR, "**", "*.gin"), recursive=True)
+)
 IMAGENET_TRAIN_IMAGES = 1281167  # ub: APPROX_IMAGENET_TRAIN_IMAGES
 
 
@@ -31,7 +34,7 @@ def _parse(path):
 
 
 def _q(name):
-  return gin.query_parameter(name)
+  return config.value(name)  # The binding, else the Python default.
 
 
 def _method_name():
@@ -55,16 +58,16 @@ def test_every_gin_file_parses(path):
 # (per_core_batch_size [// ensemble_size] x 32 cores), `base_lr` ub's base_learning_rate
 # per 256 images, `epochs` train_epochs, `warmup_epochs` the linear warmup.
 UB = {
-    "deterministic": ("Deterministic",
-                      dict(batch=4096, base_lr=0.1, epochs=90, warmup_epochs=5)),
-    "batchensemble": ("BatchEnsemble",
-                      dict(batch=1024, base_lr=0.1, epochs=135, warmup_epochs=7)),
-    "sngp": ("SNGP", dict(batch=4096, base_lr=0.1, epochs=90, warmup_epochs=5)),
-    "heteroscedastic": ("Heteroscedastic",
-                        dict(batch=4096, base_lr=0.1, epochs=180, warmup_epochs=5)),
-    "mc_dropout": ("MCDropout", dict(batch=4096, base_lr=0.05, epochs=200, warmup_epochs=5)),
-    "hetsngp": ("HetSNGP", dict(batch=4096, base_lr=0.07, epochs=270, warmup_epochs=5)),
-    "be_sngp": ("BESNGP", dict(batch=1024, base_lr=0.1, epochs=135, warmup_epochs=5)),
+  "deterministic": ("Deterministic", dict(batch=4096, base_lr=0.1, epochs=90, warmup_epochs=5)),
+  "batchensemble": ("BatchEnsemble", dict(batch=1024, base_lr=0.1, epochs=135, warmup_epochs=7)),
+  "sngp": ("SNGP", dict(batch=4096, base_lr=0.1, epochs=90, warmup_epochs=5)),
+  "heteroscedastic": (
+    "Heteroscedastic",
+    dict(batch=4096, base_lr=0.1, epochs=180, warmup_epochs=5),
+  ),
+  "mc_dropout": ("MCDropout", dict(batch=4096, base_lr=0.05, epochs=200, warmup_epochs=5)),
+  "hetsngp": ("HetSNGP", dict(batch=4096, base_lr=0.07, epochs=270, warmup_epochs=5)),
+  "be_sngp": ("BESNGP", dict(batch=1024, base_lr=0.1, epochs=135, warmup_epochs=5)),
 }
 
 
@@ -171,12 +174,21 @@ def test_ub_be_sngp():
 # --- ViT-Plex L/32 fine-tuning ------------------------------------------------------
 
 PLEX = {
-    # file -> (dataset, total_steps, num_factors, temperature grid, lr grid)
-    "vit_l32_plex_cifar10": ("tfds:cifar10", 10_000, 0,
-                             (0.15, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0),
-                             (0.03, 0.01, 0.003, 0.001)),
-    "vit_l32_plex_imagenet": ("tfds:imagenet2012", 40_000, 15,
-                              (1.25, 2.0, 2.5, 3.0), (0.06, 0.03, 0.01)),
+  # file -> (dataset, total_steps, num_factors, temperature grid, lr grid)
+  "vit_l32_plex_cifar10": (
+    "tfds:cifar10",
+    10_000,
+    0,
+    (0.15, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0),
+    (0.03, 0.01, 0.003, 0.001),
+  ),
+  "vit_l32_plex_imagenet": (
+    "tfds:imagenet2012",
+    40_000,
+    15,
+    (1.25, 2.0, 2.5, 3.0),
+    (0.06, 0.03, 0.01),
+  ),
 }
 
 
@@ -214,8 +226,9 @@ def test_plex_finetune(name):
 
 # --- The recipes' pieces can be constructed (no network is built) ---------------------
 
-RECIPES = ([_ub_path(n) for n in sorted(UB)]
-           + [os.path.join("experiments", "plex", f"{n}.gin") for n in sorted(PLEX)])
+RECIPES = [_ub_path(n) for n in sorted(UB)] + [
+  os.path.join("experiments", "plex", f"{n}.gin") for n in sorted(PLEX)
+]
 
 
 @pytest.mark.parametrize("path", RECIPES)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax
 
-from keras_unc import losses
+from keras_unc.methods import losses
 
 
 def _data(b=5, m=3, c=4, seed=0):
@@ -16,12 +16,12 @@ def test_ensemble_nll_is_minus_log_of_the_member_mean_probability():
   logits, labels = _data()
   p = np.exp(log_softmax(logits.astype(np.float64), -1)).mean(1)
   by_hand = -np.log(p[np.arange(len(labels)), labels])
-  np.testing.assert_allclose(np.asarray(losses.ensemble_nll(labels, logits)), by_hand,
-                             rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(losses.ensemble_nll(labels, logits)), by_hand, rtol=1e-5)
   # Soft labels: cross-entropy of the predictive against them.
   soft = np.random.default_rng(1).dirichlet(np.ones(4), 5).astype("float32")
-  np.testing.assert_allclose(np.asarray(losses.ensemble_nll(soft, logits)),
-                             -(soft * np.log(p)).sum(-1), rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(losses.ensemble_nll(soft, logits)), -(soft * np.log(p)).sum(-1), rtol=1e-5
+  )
 
 
 def test_ensemble_nll_is_at_most_the_mean_member_loss():
@@ -30,9 +30,11 @@ def test_ensemble_nll_is_at_most_the_mean_member_loss():
   ens = np.asarray(losses.ensemble_nll(labels, logits))
   mem = np.asarray(losses.member_cross_entropy(labels, logits))
   assert np.all(ens <= mem + 1e-6) and np.any(ens < mem - 1e-3)
-  np.testing.assert_allclose(np.asarray(losses.ensemble_nll(labels, logits[:, :1])),
-                             np.asarray(losses.member_cross_entropy(labels, logits[:, :1])),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(losses.ensemble_nll(labels, logits[:, :1])),
+    np.asarray(losses.member_cross_entropy(labels, logits[:, :1])),
+    rtol=1e-6,
+  )
 
 
 def test_member_cross_entropy_with_smoothing_by_hand():
@@ -40,8 +42,9 @@ def test_member_cross_entropy_with_smoothing_by_hand():
   eps, c = 0.1, logits.shape[-1]
   target = np.eye(c)[labels] * (1 - eps) + eps / c
   by_hand = -(target[:, None] * log_softmax(logits.astype(np.float64), -1)).sum(-1).mean(1)
-  np.testing.assert_allclose(np.asarray(losses.member_cross_entropy(labels, logits, eps)),
-                             by_hand, rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(losses.member_cross_entropy(labels, logits, eps)), by_hand, rtol=1e-5
+  )
 
 
 @pytest.mark.parametrize("members", [False, True])

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_unc.optim import WarmupDecay, make_optimizer
+from keras_unc.training.optim import WarmupDecay, make_optimizer
 
 
 def test_warmup_cosine_by_hand():
@@ -31,8 +31,15 @@ def test_schedule_config_roundtrip():
   assert WarmupDecay.from_config(s.get_config()).get_config() == s.get_config()
 
 
-@pytest.mark.parametrize("name,cls", [("adamw", keras.optimizers.AdamW), ("sgd", keras.optimizers.SGD),
-                                      ("lamb", keras.optimizers.Lamb), ("adam", keras.optimizers.Adam)])
+@pytest.mark.parametrize(
+  "name,cls",
+  [
+    ("adamw", keras.optimizers.AdamW),
+    ("sgd", keras.optimizers.SGD),
+    ("lamb", keras.optimizers.Lamb),
+    ("adam", keras.optimizers.Adam),
+  ],
+)
 def test_make_optimizer(name, cls):
   assert isinstance(make_optimizer(100, name=name), cls)
 

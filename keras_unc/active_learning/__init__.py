@@ -1,4 +1,4 @@
-"""Active learning on top of the one trainer: `python -m keras_unc.active_learning`.
+"""Active learning on top of the one trainer: `python -m keras_unc active-learning`.
 
 `acquisition` holds the scores (uniform, entropy, margin, MSP, BALD, density) and the
 (Gumbel-noised) batch selection; `loop.active_learning` runs the rounds.

@@ -74,9 +74,10 @@ def bald_scores(logits):
   p = member_probs(logits)
   if p.shape[1] < 2:
     raise ValueError(
-        f"BALD needs several ensemble members or MC samples, but logits have M={p.shape[1]} "
-        "(shape [N, M, C]); use a method with M > 1, e.g. include 'methods/mc_dropout.gin', "
-        "'methods/batchensemble.gin' or 'methods/shallow_ensemble.gin', or another strategy.")
+      f"BALD needs several ensemble members or MC samples, but logits have M={p.shape[1]} "
+      "(shape [N, M, C]); use a method with M > 1, e.g. include 'methods/mc_dropout.gin', "
+      "'methods/batchensemble.gin' or 'methods/shallow_ensemble.gin', or another strategy."
+    )
   # Clip tiny negatives from round-off: mutual information is >= 0.
   return np.maximum(_entropy(p.mean(axis=1)) - _entropy(p).mean(axis=1), 0.0)
 
@@ -92,11 +93,15 @@ def density_scores(labelled_emb, labelled_labels, pool_emb, *, rcond=1e-10):
   labels = np.asarray(labelled_labels).reshape(-1)
   pool = np.asarray(pool_emb, np.float64)
   if train.ndim != 2 or pool.ndim != 2 or train.shape[1] != pool.shape[1]:
-    raise ValueError(f"density needs embeddings [L, D] and [N, D] of one dimension D, got "
-                     f"{train.shape} and {pool.shape}.")
+    raise ValueError(
+      f"density needs embeddings [L, D] and [N, D] of one dimension D, got "
+      f"{train.shape} and {pool.shape}."
+    )
   if train.shape[0] != labels.shape[0] or train.shape[0] < 2:
-    raise ValueError(f"density needs >= 2 labelled embeddings with one label each, got "
-                     f"{train.shape[0]} embeddings and {labels.shape[0]} labels.")
+    raise ValueError(
+      f"density needs >= 2 labelled embeddings with one label each, got "
+      f"{train.shape[0]} embeddings and {labels.shape[0]} labels."
+    )
   origin = train.mean(axis=0)  # Smaller numbers, same distances.
   train, pool = train - origin, pool - origin
   classes, inverse = np.unique(labels, return_inverse=True)
@@ -106,8 +111,7 @@ def density_scores(labelled_emb, labelled_labels, pool_emb, *, rcond=1e-10):
   keep = eigs > rcond * max(float(eigs[-1]), 0.0)
   whiten = vecs[:, keep] / np.sqrt(eigs[keep])  # W W^T = S^+
   zw, mw = pool @ whiten, means @ whiten
-  sq = (np.sum(zw * zw, axis=1, keepdims=True) - 2.0 * zw @ mw.T
-        + np.sum(mw * mw, axis=1)[None])
+  sq = np.sum(zw * zw, axis=1, keepdims=True) - 2.0 * zw @ mw.T + np.sum(mw * mw, axis=1)[None]
   loglik = logsumexp(-np.maximum(sq, 0.0) / 2.0, axis=1)
   return loglik.max() - loglik
 
@@ -132,8 +136,9 @@ def compute_scores(strategy, outputs, *, rng=None, labelled=None, labelled_label
     float64 `[N]`, higher = acquire first.
   """
   if strategy not in STRATEGIES:
-    raise ValueError(f"Unknown acquisition strategy {strategy!r}; choose one of "
-                     f"{', '.join(STRATEGIES)}.")
+    raise ValueError(
+      f"Unknown acquisition strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}."
+    )
   if strategy == "uniform":
     return uniform_scores(len(outputs["probs"]), rng)
   if strategy == "entropy":
@@ -171,10 +176,12 @@ def select(scores, k, *, exclude=(), noise="none", beta=0.0, rng=None):
     raise ValueError("Acquisition scores contain NaN or infinity; check the model outputs.")
   candidates = np.setdiff1d(np.arange(scores.shape[0]), np.asarray(exclude, np.int64))
   if k < 1 or k > len(candidates):
-    raise ValueError(f"Cannot acquire {k} examples: the pool has {len(candidates)} unlabelled "
-                     f"ones left ({scores.shape[0]} in all, {scores.shape[0] - len(candidates)} "
-                     "labelled). Acquire fewer per round, run fewer rounds, or use a larger "
-                     "pool split.")
+    raise ValueError(
+      f"Cannot acquire {k} examples: the pool has {len(candidates)} unlabelled "
+      f"ones left ({scores.shape[0]} in all, {scores.shape[0] - len(candidates)} "
+      "labelled). Acquire fewer per round, run fewer rounds, or use a larger "
+      "pool split."
+    )
   s = scores[candidates]
   if noise == "power":
     if (s < 0).any():
@@ -195,7 +202,8 @@ def select(scores, k, *, exclude=(), noise="none", beta=0.0, rng=None):
 
 def initial_selection(labels, k, *, mode="balanced", rng):
   """The starting labelled set: `k` positions drawn at random, or class-balanced (k // C per
-  class, the remainder to random classes) from `labels [N]` of the pool."""
+  class, the remainder to random classes) from `labels [N]` of the pool.
+  """
   labels = np.asarray(labels).reshape(-1)
   if k < 1 or k > len(labels):
     raise ValueError(f"Cannot start with {k} labelled examples from a pool of {len(labels)}.")
@@ -210,7 +218,9 @@ def initial_selection(labels, k, *, mode="balanced", rng):
   for c, n in zip(classes, per):
     members = np.flatnonzero(labels == c)
     if n > len(members):
-      raise ValueError(f"Class-balanced start needs {n} examples of class {c}, the pool has "
-                       f"{len(members)}; start smaller or use initial_selection='random'.")
+      raise ValueError(
+        f"Class-balanced start needs {n} examples of class {c}, the pool has "
+        f"{len(members)}; start smaller or use initial_selection='random'."
+      )
     chosen.append(rng.choice(members, n, replace=False))
   return np.sort(np.concatenate(chosen))

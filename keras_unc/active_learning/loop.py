@@ -1,7 +1,7 @@
 """The active-learning loop: label a little, train with the one trainer, acquire, repeat.
 
 Round r trains on the labelled set `WORKDIR/round_<r>/labelled.json` through
-`keras_unc.train.train` (its data is the subset source `<dataset>@<that file>`, its outputs
+`keras_unc.training.trainer.train` (its data is the subset source `<dataset>@<that file>`, its outputs
 go to `WORKDIR/round_<r>/`), evaluates with the gin-configured `train.evaluators`, scores
 the unlabelled pool with the trained network and writes the next round's labelled set. One
 JSON line per finished round goes to `WORKDIR/metrics.jsonl` and the accuracy against the
@@ -13,20 +13,22 @@ resumes from its own checkpoint).
 """
 
 import json
+import logging
 import os
 
 import gin
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
-from keras_unc import checkpoints
-from keras_unc import train as train_lib
 from keras_unc.active_learning import acquisition
 from keras_unc.data import get_source, parse_split
 from keras_unc.data.sources import write_subset
 from keras_unc.evaluators import Predictor
+from keras_unc.runtime import checkpoints
+from keras_unc.training import trainer as train_lib
+
+log = logging.getLogger(__name__)
 
 RETRAIN = ("scratch", "finetune")
 
@@ -60,10 +62,24 @@ def _write_labelled(workdir, r, split, indices):
 
 
 @gin.configurable(denylist=["workdir"])
-def active_learning(workdir, *, dataset=gin.REQUIRED, pool_split="train", strategy="entropy",
-                    num_rounds=10, initial_size=20, initial_selection="balanced",
-                    acquire_per_round=20, noise="none", gumbel_scale=0.0, retrain="scratch",
-                    seed=0, score_batch_size=512, accuracy_key="test/accuracy", verbose=1):
+def active_learning(
+  workdir,
+  *,
+  dataset=gin.REQUIRED,
+  pool_split="train",
+  strategy="entropy",
+  num_rounds=10,
+  initial_size=20,
+  initial_selection="balanced",
+  acquire_per_round=20,
+  noise="none",
+  gumbel_scale=0.0,
+  retrain="scratch",
+  seed=0,
+  score_batch_size=512,
+  accuracy_key="test/accuracy",
+  verbose=1,
+):
   """Runs (or resumes) an active-learning experiment in `workdir`.
 
   Training, the model, its steps per round and the test evaluation come from the usual
@@ -92,16 +108,22 @@ def active_learning(workdir, *, dataset=gin.REQUIRED, pool_split="train", strate
     list of the rounds' records (also in `WORKDIR/metrics.jsonl`).
   """
   if strategy not in acquisition.STRATEGIES:
-    raise ValueError(f"Unknown acquisition strategy {strategy!r}; choose one of "
-                     f"{', '.join(acquisition.STRATEGIES)} (active_learning.strategy).")
+    raise ValueError(
+      f"Unknown acquisition strategy {strategy!r}; choose one of "
+      f"{', '.join(acquisition.STRATEGIES)} (active_learning.strategy)."
+    )
   if noise not in acquisition.NOISES:
-    raise ValueError(f"Unknown acquisition noise {noise!r}; choose one of "
-                     f"{', '.join(acquisition.NOISES)} (active_learning.noise).")
+    raise ValueError(
+      f"Unknown acquisition noise {noise!r}; choose one of "
+      f"{', '.join(acquisition.NOISES)} (active_learning.noise)."
+    )
   if retrain not in RETRAIN:
     raise ValueError(f"Unknown retrain {retrain!r}; choose one of {', '.join(RETRAIN)}.")
   if num_rounds < 1 or initial_size < 1 or acquire_per_round < 1:
-    raise ValueError("active_learning needs num_rounds, initial_size and acquire_per_round "
-                     f">= 1, got {num_rounds}, {initial_size}, {acquire_per_round}.")
+    raise ValueError(
+      "active_learning needs num_rounds, initial_size and acquire_per_round "
+      f">= 1, got {num_rounds}, {initial_size}, {acquire_per_round}."
+    )
   source = get_source(dataset)
   if not source.random_access:
     raise ValueError(f"Active learning needs an in-memory source, {dataset!r} is streamed.")
@@ -109,18 +131,21 @@ def active_learning(workdir, *, dataset=gin.REQUIRED, pool_split="train", strate
   pool_size = stop - start
   needed = initial_size + acquire_per_round * (num_rounds - 1)
   if needed > pool_size:
-    raise ValueError(f"{num_rounds} rounds starting from {initial_size} labels and acquiring "
-                     f"{acquire_per_round} per round need {needed} examples, but the pool "
-                     f"{dataset}/{pool_split} has {pool_size}: acquire fewer, run fewer rounds "
-                     "or enlarge active_learning.pool_split.")
+    raise ValueError(
+      f"{num_rounds} rounds starting from {initial_size} labels and acquiring "
+      f"{acquire_per_round} per round need {needed} examples, but the pool "
+      f"{dataset}/{pool_split} has {pool_size}: acquire fewer, run fewer rounds "
+      "or enlarge active_learning.pool_split."
+    )
   pool_labels = source.arrays(pool_split)[1]
   os.makedirs(workdir, exist_ok=True)
   writer = tf.summary.create_file_writer(os.path.join(workdir, "active_learning"))
   done = read_rounds(workdir)
   if not os.path.exists(_labelled_path(workdir, 0)):
     rng = np.random.default_rng([seed, 0, 0])
-    first = acquisition.initial_selection(pool_labels, initial_size, mode=initial_selection,
-                                          rng=rng)
+    first = acquisition.initial_selection(
+      pool_labels, initial_size, mode=initial_selection, rng=rng
+    )
     _write_labelled(workdir, 0, split, start + first)
 
   records = [done[r] for r in sorted(done) if r < num_rounds]
@@ -134,33 +159,55 @@ def active_learning(workdir, *, dataset=gin.REQUIRED, pool_split="train", strate
       prev = checkpoints.Checkpointer(os.path.join(_round_dir(workdir, r - 1), "checkpoints"))
       warm = prev.path(prev.steps()[0])
     keras.backend.clear_session()  # Drop the previous rounds' graphs and layers.
-    kwargs = dict(dataset=f"{dataset}@{_labelled_path(workdir, r)}", split=split,
-                  warm_start=warm, export_at_end=False)
+    kwargs = dict(
+      dataset=f"{dataset}@{_labelled_path(workdir, r)}",
+      split=split,
+      warm_start=warm,
+      export_at_end=False,
+    )
     result = train_lib.train(rdir, "train_and_eval", **kwargs)
     if not result["metrics"]:  # Trained before an interruption: evaluate the final weights.
       result = train_lib.train(rdir, "eval", **kwargs)
     metrics = result["metrics"]
     if accuracy_key not in metrics:
-      raise ValueError(f"The round's evaluation reported no {accuracy_key!r} (found "
-                       f"{sorted(metrics)}): add a ClassificationEvaluator to train.evaluators "
-                       "or set active_learning.accuracy_key.")
+      raise ValueError(
+        f"The round's evaluation reported no {accuracy_key!r} (found "
+        f"{sorted(metrics)}): add a ClassificationEvaluator to train.evaluators "
+        "or set active_learning.accuracy_key."
+      )
     acquired = []
     if r + 1 < num_rounds:
       rel = labelled - start
       outputs, _ = Predictor(result["network"], score_batch_size)(dataset, pool_split)
       scores = acquisition.compute_scores(
-          strategy, outputs, rng=np.random.default_rng([seed, r + 1, 0]), labelled=rel,
-          labelled_labels=pool_labels[rel])
-      picked = acquisition.select(scores, acquire_per_round, exclude=rel, noise=noise,
-                                  beta=gumbel_scale, rng=np.random.default_rng([seed, r + 1, 1]))
+        strategy,
+        outputs,
+        rng=np.random.default_rng([seed, r + 1, 0]),
+        labelled=rel,
+        labelled_labels=pool_labels[rel],
+      )
+      picked = acquisition.select(
+        scores,
+        acquire_per_round,
+        exclude=rel,
+        noise=noise,
+        beta=gumbel_scale,
+        rng=np.random.default_rng([seed, r + 1, 1]),
+      )
       acquired = (start + picked).tolist()
       _write_labelled(workdir, r + 1, split, np.concatenate([labelled, start + picked]))
-    record = {"round": r, "num_labelled": int(len(labelled)), "strategy": strategy,
-              "accuracy": float(metrics[accuracy_key]), "step": int(result["step"]),
-              "class_counts": np.bincount(pool_labels[labelled - start],
-                                          minlength=source.num_classes).tolist(),
-              "acquired": acquired,
-              "metrics": {k: float(v) for k, v in metrics.items() if k != "step"}}
+    record = {
+      "round": r,
+      "num_labelled": int(len(labelled)),
+      "strategy": strategy,
+      "accuracy": float(metrics[accuracy_key]),
+      "step": int(result["step"]),
+      "class_counts": np.bincount(
+        pool_labels[labelled - start], minlength=source.num_classes
+      ).tolist(),
+      "acquired": acquired,
+      "metrics": {k: float(v) for k, v in metrics.items() if k != "step"},
+    }
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
       f.write(json.dumps(record) + "\n")
     with writer.as_default(step=len(labelled)):
@@ -172,9 +219,12 @@ def active_learning(workdir, *, dataset=gin.REQUIRED, pool_split="train", strate
       tf.summary.scalar("active_learning/num_labelled", len(labelled))
     writer.flush()
     records.append(record)
-    logging.info("Round %d: %d labels, %s %.4f", r, len(labelled), accuracy_key,
-                 record["accuracy"])
     if verbose:
-      print(f"[active_learning] round {r}: {len(labelled)} labels, {accuracy_key} = "
-            f"{record['accuracy']:.4f}", flush=True)
+      log.info(
+        "[active_learning] round %d: %d labels, %s = %.4f",
+        r,
+        len(labelled),
+        accuracy_key,
+        record["accuracy"],
+      )
   return records

@@ -42,50 +42,48 @@ import keras
 
 
 def default_dense(units, *, name, block=None, **kwargs):
-    """Default dense factory: a plain `keras.layers.Dense`.
+  """Default dense factory: a plain `keras.layers.Dense`.
 
-    Args:
-        units: int. Output dimension.
-        name: str. Layer name, unique within the model.
-        block: int, str or None. Position of the layer in the backbone (see
-            the module docstring); ignored by this default factory.
-        **kwargs: forwarded to `keras.layers.Dense`.
+  Args:
+      units: int. Output dimension.
+      name: str. Layer name, unique within the model.
+      block: int, str or None. Position of the layer in the backbone (see
+          the module docstring); ignored by this default factory.
+      **kwargs: forwarded to `keras.layers.Dense`.
 
-    Returns:
-        A `keras.layers.Dense` layer.
+  Returns:
+      A `keras.layers.Dense` layer.
 
-    Example:
-
-    ```python
-    layer = default_dense(64, name="block0_mlp_dense_1", block=0)
-    ```
-    """
-    del block  # The default does the same thing everywhere.
-    return keras.layers.Dense(units, name=name, **kwargs)
+  Example:
+  ```python
+  layer = default_dense(64, name="block0_mlp_dense_1", block=0)
+  ```
+  """
+  del block  # The default does the same thing everywhere.
+  return keras.layers.Dense(units, name=name, **kwargs)
 
 
 def default_conv(filters, kernel_size, *, name, block=None, **kwargs):
-    """Default convolution factory: a plain `keras.layers.Conv2D`.
+  """Default convolution factory: a plain `keras.layers.Conv2D`.
 
-    Args:
-        filters: int. Number of output channels.
-        kernel_size: int or (int, int). Spatial size of the kernel.
-        name: str. Layer name, unique within the model.
-        block: int, str or None. Position of the layer in the backbone (see
-            the module docstring); ignored by this default factory.
-        **kwargs: forwarded to `keras.layers.Conv2D`.
+  Args:
+      filters: int. Number of output channels.
+      kernel_size: int or (int, int). Spatial size of the kernel.
+      name: str. Layer name, unique within the model.
+      block: int, str or None. Position of the layer in the backbone (see
+          the module docstring); ignored by this default factory.
+      **kwargs: forwarded to `keras.layers.Conv2D`.
 
-    Returns:
-        A `keras.layers.Conv2D` layer.
+  Returns:
+      A `keras.layers.Conv2D` layer.
 
-    Example:
-
-    ```python
-    layer = default_conv(
-        64, 3, name="stage1_block1_conv2", block="stage1_block1",
-        padding="same", use_bias=False,
-    )
-    ```
-    """
-    del block
-    return keras.layers.Conv2D(filters, kernel_size, name=name, **kwargs)
+  Example:
+  ```python
+  layer = default_conv(
+      64, 3, name="stage1_block1_conv2", block="stage1_block1",
+      padding="same", use_bias=False,
+  )
+  ```
+  """
+  del block
+  return keras.layers.Conv2D(filters, kernel_size, name=name, **kwargs)

@@ -23,7 +23,6 @@ Every `Conv2D` is created by `conv_factory` (see
   `"stage{s}_block{b}_shortcut_conv"` for the projection shortcut.
 
 Example:
-
 ```python
 from keras_unc.backbones import resnet
 
@@ -40,11 +39,11 @@ from keras_unc.backbones.factories import default_conv
 
 # depth -> (block type, number of blocks per stage).
 RESNET_DEPTHS = {
-    18: ("basic", (2, 2, 2, 2)),
-    34: ("basic", (3, 4, 6, 3)),
-    50: ("bottleneck", (3, 4, 6, 3)),
-    101: ("bottleneck", (3, 4, 23, 3)),
-    152: ("bottleneck", (3, 8, 36, 3)),
+  18: ("basic", (2, 2, 2, 2)),
+  34: ("basic", (3, 4, 6, 3)),
+  50: ("bottleneck", (3, 4, 6, 3)),
+  101: ("bottleneck", (3, 4, 23, 3)),
+  152: ("bottleneck", (3, 8, 36, 3)),
 }
 _STAGE_FILTERS = (64, 128, 256, 512)
 _STAGE_STRIDES = (1, 2, 2, 2)
@@ -52,260 +51,253 @@ _BOTTLENECK_EXPANSION = 4
 
 
 def _conv_initializer():
-    # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), a
-    # plain (not truncated) normal with variance 2 / fan_out.
-    return keras.initializers.VarianceScaling(
-        scale=2.0, mode="fan_out", distribution="untruncated_normal"
-    )
+  # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), a
+  # plain (not truncated) normal with variance 2 / fan_out.
+  return keras.initializers.VarianceScaling(
+    scale=2.0, mode="fan_out", distribution="untruncated_normal"
+  )
 
 
 def _conv_bn(
-    x,
+  x,
+  filters,
+  kernel_size,
+  strides,
+  *,
+  conv_name,
+  bn_name,
+  block,
+  conv_factory,
+  bn_momentum,
+  bn_epsilon,
+  zero_gamma=False,
+):
+  """Conv (no bias) -> BatchNorm, with torch-style padding."""
+  if strides > 1 and kernel_size > 1:
+    x = keras.layers.ZeroPadding2D((kernel_size - 1) // 2, name=f"{conv_name}_pad")(x)
+    padding = "valid"
+  else:
+    # Stride 1 (any odd kernel) or 1x1 kernels: "same" pads symmetrically
+    # or not at all, exactly like torch.
+    padding = "same"
+  x = conv_factory(
     filters,
     kernel_size,
-    strides,
-    *,
-    conv_name,
-    bn_name,
-    block,
-    conv_factory,
-    bn_momentum,
-    bn_epsilon,
-    zero_gamma=False,
-):
-    """Conv (no bias) -> BatchNorm, with torch-style padding."""
-    if strides > 1 and kernel_size > 1:
-        x = keras.layers.ZeroPadding2D(
-            (kernel_size - 1) // 2, name=f"{conv_name}_pad"
-        )(x)
-        padding = "valid"
-    else:
-        # Stride 1 (any odd kernel) or 1x1 kernels: "same" pads symmetrically
-        # or not at all, exactly like torch.
-        padding = "same"
-    x = conv_factory(
-        filters,
-        kernel_size,
-        name=conv_name,
-        block=block,
-        strides=strides,
-        padding=padding,
-        use_bias=False,
-        kernel_initializer=_conv_initializer(),
-    )(x)
-    return keras.layers.BatchNormalization(
-        momentum=bn_momentum,
-        epsilon=bn_epsilon,
-        gamma_initializer="zeros" if zero_gamma else "ones",
-        name=bn_name,
-    )(x)
+    name=conv_name,
+    block=block,
+    strides=strides,
+    padding=padding,
+    use_bias=False,
+    kernel_initializer=_conv_initializer(),
+  )(x)
+  return keras.layers.BatchNormalization(
+    momentum=bn_momentum,
+    epsilon=bn_epsilon,
+    gamma_initializer="zeros" if zero_gamma else "ones",
+    name=bn_name,
+  )(x)
 
 
 def _residual_block(
-    x,
-    filters,
-    strides,
-    *,
-    bottleneck,
-    width,
-    block,
-    conv_factory,
-    zero_init_residual,
-    bn_momentum,
-    bn_epsilon,
+  x,
+  filters,
+  strides,
+  *,
+  bottleneck,
+  width,
+  block,
+  conv_factory,
+  zero_init_residual,
+  bn_momentum,
+  bn_epsilon,
 ):
-    """A basic or bottleneck (v1.5) residual block."""
-    expansion = _BOTTLENECK_EXPANSION if bottleneck else 1
-    mid_channels = _channels(filters, width)
-    out_channels = _channels(expansion * filters, width)
-    common = dict(
-        block=block,
-        conv_factory=conv_factory,
-        bn_momentum=bn_momentum,
-        bn_epsilon=bn_epsilon,
+  """A basic or bottleneck (v1.5) residual block."""
+  expansion = _BOTTLENECK_EXPANSION if bottleneck else 1
+  mid_channels = _channels(filters, width)
+  out_channels = _channels(expansion * filters, width)
+  common = dict(
+    block=block,
+    conv_factory=conv_factory,
+    bn_momentum=bn_momentum,
+    bn_epsilon=bn_epsilon,
+  )
+
+  def conv_bn(y, channels, kernel_size, stride, index, zero_gamma=False):
+    return _conv_bn(
+      y,
+      channels,
+      kernel_size,
+      stride,
+      conv_name=f"{block}_conv{index}",
+      bn_name=f"{block}_bn{index}",
+      zero_gamma=zero_gamma,
+      **common,
     )
 
-    def conv_bn(y, channels, kernel_size, stride, index, zero_gamma=False):
-        return _conv_bn(
-            y,
-            channels,
-            kernel_size,
-            stride,
-            conv_name=f"{block}_conv{index}",
-            bn_name=f"{block}_bn{index}",
-            zero_gamma=zero_gamma,
-            **common,
-        )
+  shortcut = x
+  if strides != 1 or x.shape[-1] != out_channels:
+    shortcut = _conv_bn(
+      x,
+      out_channels,
+      1,
+      strides,
+      conv_name=f"{block}_shortcut_conv",
+      bn_name=f"{block}_shortcut_bn",
+      **common,
+    )
 
-    shortcut = x
-    if strides != 1 or x.shape[-1] != out_channels:
-        shortcut = _conv_bn(
-            x,
-            out_channels,
-            1,
-            strides,
-            conv_name=f"{block}_shortcut_conv",
-            bn_name=f"{block}_shortcut_bn",
-            **common,
-        )
+  if bottleneck:
+    y = conv_bn(x, mid_channels, 1, 1, 1)
+    y = keras.layers.Activation("relu", name=f"{block}_relu1")(y)
+    # v1.5: the stride is in the 3x3 conv.
+    y = conv_bn(y, mid_channels, 3, strides, 2)
+    y = keras.layers.Activation("relu", name=f"{block}_relu2")(y)
+    # Zero-initialised last BN gamma makes the block start as identity
+    # (Goyal et al., 2017, https://arxiv.org/abs/1706.02677).
+    y = conv_bn(y, out_channels, 1, 1, 3, zero_gamma=zero_init_residual)
+  else:
+    y = conv_bn(x, mid_channels, 3, strides, 1)
+    y = keras.layers.Activation("relu", name=f"{block}_relu1")(y)
+    y = conv_bn(y, out_channels, 3, 1, 2, zero_gamma=zero_init_residual)
 
-    if bottleneck:
-        y = conv_bn(x, mid_channels, 1, 1, 1)
-        y = keras.layers.Activation("relu", name=f"{block}_relu1")(y)
-        # v1.5: the stride is in the 3x3 conv.
-        y = conv_bn(y, mid_channels, 3, strides, 2)
-        y = keras.layers.Activation("relu", name=f"{block}_relu2")(y)
-        # Zero-initialised last BN gamma makes the block start as identity
-        # (Goyal et al., 2017, https://arxiv.org/abs/1706.02677).
-        y = conv_bn(y, out_channels, 1, 1, 3, zero_gamma=zero_init_residual)
-    else:
-        y = conv_bn(x, mid_channels, 3, strides, 1)
-        y = keras.layers.Activation("relu", name=f"{block}_relu1")(y)
-        y = conv_bn(y, out_channels, 3, 1, 2, zero_gamma=zero_init_residual)
-
-    y = keras.layers.Add(name=f"{block}_add")([shortcut, y])
-    return keras.layers.Activation("relu", name=f"{block}_out")(y)
+  y = keras.layers.Add(name=f"{block}_add")([shortcut, y])
+  return keras.layers.Activation("relu", name=f"{block}_out")(y)
 
 
 def _channels(channels, width):
-    return max(1, int(round(channels * width)))
+  return max(1, int(round(channels * width)))
 
 
 @gin.configurable
 def resnet(
-    depth=50,
-    *,
-    width=1.0,
-    image_size=224,
-    num_channels=3,
-    stem="imagenet",
-    conv_factory=default_conv,
-    dense_factory=None,
-    zero_init_residual=True,
-    bn_momentum=0.9,
-    bn_epsilon=1e-5,
-    tile_members=1,
-    tile_before_block=None,
-    name="resnet",
+  depth=50,
+  *,
+  width=1.0,
+  image_size=224,
+  num_channels=3,
+  stem="imagenet",
+  conv_factory=default_conv,
+  dense_factory=None,
+  zero_init_residual=True,
+  bn_momentum=0.9,
+  bn_epsilon=1e-5,
+  tile_members=1,
+  tile_before_block=None,
+  name="resnet",
 ):
-    """Builds a ResNet v1.5 backbone as a functional `keras.Model`.
+  """Builds a ResNet v1.5 backbone as a functional `keras.Model`.
 
-    Stem, four stages of residual blocks (64, 128, 256, 512 base channels,
-    strides 1, 2, 2, 2; projection shortcut = 1x1 conv + BN whenever the
-    shape changes), then global average pooling. Convolutions have no bias
-    and a He-normal (fan_out) initialisation like torchvision. Reference: He
-    et al., "Deep Residual Learning for Image Recognition",
-    https://arxiv.org/abs/1512.03385.
+  Stem, four stages of residual blocks (64, 128, 256, 512 base channels,
+  strides 1, 2, 2, 2; projection shortcut = 1x1 conv + BN whenever the
+  shape changes), then global average pooling. Convolutions have no bias
+  and a He-normal (fan_out) initialisation like torchvision. Reference: He
+  et al., "Deep Residual Learning for Image Recognition",
+  https://arxiv.org/abs/1512.03385.
 
-    Args:
-        depth: int. One of 18, 34 (basic blocks), 50, 101, 152 (bottleneck
-            blocks).
-        width: float. Multiplier of every channel count, stem included
-            (`channels = max(1, round(c * width))`): 2 gives ResNet-50w2, 4
-            ResNet-50w4; fractions give tiny test models.
-        image_size: int, (int, int) or None. Input height and width; None
-            for any size.
-        num_channels: int. Input channels.
-        stem: `"imagenet"` (7x7/2 conv, BN, ReLU, 3x3/2 max pool) or
-            `"cifar"` (3x3/1 conv, BN, ReLU, no pooling; for 28-32 px
-            inputs).
-        conv_factory: callable building every Conv2D, see
-            `keras_unc.backbones.factories`.
-        dense_factory: accepted so every method's overrides fit every
-            backbone; unused (a ResNet has no hidden Dense layer).
-        zero_init_residual: bool. Initialise the last BN gamma of every
-            residual branch to zero.
-        bn_momentum: float. Keras BN momentum (0.9 = torch momentum 0.1).
-        bn_epsilon: float. BN epsilon.
-        tile_members: int. Ensemble size M of BatchEnsemble layers: the batch
-            is tiled M times once (`TileMembers`), so the output is
-            `[M * B, C]` with member i in rows `[i*B, (i+1)*B)`.
-        tile_before_block: None tiles the input images; a block name
-            `"stage{s}_block{b}"` tiles the activations entering that block.
-        name: str. Name of the returned model.
+  Args:
+      depth: int. One of 18, 34 (basic blocks), 50, 101, 152 (bottleneck
+          blocks).
+      width: float. Multiplier of every channel count, stem included
+          (`channels = max(1, round(c * width))`): 2 gives ResNet-50w2, 4
+          ResNet-50w4; fractions give tiny test models.
+      image_size: int, (int, int) or None. Input height and width; None
+          for any size.
+      num_channels: int. Input channels.
+      stem: `"imagenet"` (7x7/2 conv, BN, ReLU, 3x3/2 max pool) or
+          `"cifar"` (3x3/1 conv, BN, ReLU, no pooling; for 28-32 px
+          inputs).
+      conv_factory: callable building every Conv2D, see
+          `keras_unc.backbones.factories`.
+      dense_factory: accepted so every method's overrides fit every
+          backbone; unused (a ResNet has no hidden Dense layer).
+      zero_init_residual: bool. Initialise the last BN gamma of every
+          residual branch to zero.
+      bn_momentum: float. Keras BN momentum (0.9 = torch momentum 0.1).
+      bn_epsilon: float. BN epsilon.
+      tile_members: int. Ensemble size M of BatchEnsemble layers: the batch
+          is tiled M times once (`TileMembers`), so the output is
+          `[M * B, C]` with member i in rows `[i*B, (i+1)*B)`.
+      tile_before_block: None tiles the input images; a block name
+          `"stage{s}_block{b}"` tiles the activations entering that block.
+      name: str. Name of the returned model.
 
-    Returns:
-        A `keras.Model` mapping `[B, H, W, num_channels]` float images
-        (channels_last) to `[B, C]` embeddings, `C = round(2048 * width)` for
-        bottleneck and `round(512 * width)` for basic-block networks.
+  Returns:
+      A `keras.Model` mapping `[B, H, W, num_channels]` float images
+      (channels_last) to `[B, C]` embeddings, `C = round(2048 * width)` for
+      bottleneck and `round(512 * width)` for basic-block networks.
 
-    Example:
+  Example:
+  ```python
+  backbone = resnet(18, width=0.25, image_size=32, stem="cifar")
+  logits = keras.layers.Dense(10)(backbone.output)
+  classifier = keras.Model(backbone.input, logits)
+  ```
+  """
+  if depth not in RESNET_DEPTHS:
+    raise ValueError(f"Unknown ResNet depth {depth!r}; valid depths are {sorted(RESNET_DEPTHS)}.")
+  if stem not in ("imagenet", "cifar"):
+    raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}.")
+  if width <= 0:
+    raise ValueError(f"width must be positive, got {width}.")
+  block_type, blocks_per_stage = RESNET_DEPTHS[depth]
+  if image_size is None or isinstance(image_size, int):
+    image_size = (image_size, image_size)
+  bn_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
 
-    ```python
-    backbone = resnet(18, width=0.25, image_size=32, stem="cifar")
-    logits = keras.layers.Dense(10)(backbone.output)
-    classifier = keras.Model(backbone.input, logits)
-    ```
-    """
-    if depth not in RESNET_DEPTHS:
-        raise ValueError(
-            f"Unknown ResNet depth {depth!r}; valid depths are "
-            f"{sorted(RESNET_DEPTHS)}."
-        )
-    if stem not in ("imagenet", "cifar"):
-        raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}.")
-    if width <= 0:
-        raise ValueError(f"width must be positive, got {width}.")
-    block_type, blocks_per_stage = RESNET_DEPTHS[depth]
-    if image_size is None or isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    bn_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
-
-    names = [f"stage{s}_block{b + 1}" for s, n in enumerate(blocks_per_stage, 1)
-             for b in range(n)]
-    if tile_before_block is not None and tile_before_block not in names:
-        raise ValueError(
-            f"tile_before_block={tile_before_block!r} is not a block of "
-            f"ResNet-{depth}: use one of {names}, or None to tile the input."
-        )
-    inputs = keras.Input((*image_size, num_channels), name="images")
-    x = inputs
-    if tile_members > 1 and tile_before_block is None:
-        x = _tile(tile_members)(x)
-    stem_channels = _channels(64, width)
-    # ImageNet stem: 7x7/2 conv + 3x3/2 max pool; "cifar" stem: one 3x3/1 conv.
-    kernel, stride = (7, 2) if stem == "imagenet" else (3, 1)
-    x = _conv_bn(
-        x,
-        stem_channels,
-        kernel,
-        stride,
-        conv_name="stem_conv",
-        bn_name="stem_bn",
-        block=None,
-        conv_factory=conv_factory,
-        **bn_args,
+  names = [f"stage{s}_block{b + 1}" for s, n in enumerate(blocks_per_stage, 1) for b in range(n)]
+  if tile_before_block is not None and tile_before_block not in names:
+    raise ValueError(
+      f"tile_before_block={tile_before_block!r} is not a block of "
+      f"ResNet-{depth}: use one of {names}, or None to tile the input."
     )
-    x = keras.layers.Activation("relu", name="stem_relu")(x)
-    if stem == "imagenet":
-        # torch pads the max pool with -inf; after a ReLU zeros are
-        # equivalent and ZeroPadding2D keeps this backend-agnostic.
-        x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
-        x = keras.layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
+  inputs = keras.Input((*image_size, num_channels), name="images")
+  x = inputs
+  if tile_members > 1 and tile_before_block is None:
+    x = _tile(tile_members)(x)
+  stem_channels = _channels(64, width)
+  # ImageNet stem: 7x7/2 conv + 3x3/2 max pool; "cifar" stem: one 3x3/1 conv.
+  kernel, stride = (7, 2) if stem == "imagenet" else (3, 1)
+  x = _conv_bn(
+    x,
+    stem_channels,
+    kernel,
+    stride,
+    conv_name="stem_conv",
+    bn_name="stem_bn",
+    block=None,
+    conv_factory=conv_factory,
+    **bn_args,
+  )
+  x = keras.layers.Activation("relu", name="stem_relu")(x)
+  if stem == "imagenet":
+    # torch pads the max pool with -inf; after a ReLU zeros are
+    # equivalent and ZeroPadding2D keeps this backend-agnostic.
+    x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
 
-    for stage, (filters, stride, blocks) in enumerate(
-        zip(_STAGE_FILTERS, _STAGE_STRIDES, blocks_per_stage), start=1
-    ):
-        for index in range(blocks):
-            if tile_members > 1 and tile_before_block == f"stage{stage}_block{index + 1}":
-                x = _tile(tile_members)(x)
-            x = _residual_block(
-                x,
-                filters,
-                stride if index == 0 else 1,
-                bottleneck=block_type == "bottleneck",
-                width=width,
-                block=f"stage{stage}_block{index + 1}",
-                conv_factory=conv_factory,
-                zero_init_residual=zero_init_residual,
-                **bn_args,
-            )
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    return keras.Model(inputs, x, name=name)
+  for stage, (filters, stride, blocks) in enumerate(
+    zip(_STAGE_FILTERS, _STAGE_STRIDES, blocks_per_stage), start=1
+  ):
+    for index in range(blocks):
+      if tile_members > 1 and tile_before_block == f"stage{stage}_block{index + 1}":
+        x = _tile(tile_members)(x)
+      x = _residual_block(
+        x,
+        filters,
+        stride if index == 0 else 1,
+        bottleneck=block_type == "bottleneck",
+        width=width,
+        block=f"stage{stage}_block{index + 1}",
+        conv_factory=conv_factory,
+        zero_init_residual=zero_init_residual,
+        **bn_args,
+      )
+  x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+  return keras.Model(inputs, x, name=name)
 
 
 def _tile(members):
-    # Imported here: only ensemble methods need it.
-    from keras_unc.layers.batch_ensemble import TileMembers
+  # Imported here: only ensemble methods need it.
+  from keras_unc.layers.batch_ensemble import TileMembers
 
-    return TileMembers(members, name="tile_members")
+  return TileMembers(members, name="tile_members")

@@ -29,7 +29,6 @@ numerically the same as `keras_hub.models.ViTBackbone` (whose
 `[width, heads, head_dim]`).
 
 Example:
-
 ```python
 from keras_unc.backbones import vit
 
@@ -45,17 +44,16 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_unc.backbones.factories import default_conv
-from keras_unc.backbones.factories import default_dense
+from keras_unc.backbones.factories import default_conv, default_dense
 
 # Width, depth, MLP dim and heads of the named ViT sizes (big_vision
 # `decode_variant`); the patch size is the part after "/" in the variant.
 VIT_VARIANTS = {
-    "Ti": dict(width=192, depth=12, mlp_dim=768, num_heads=3),
-    "S": dict(width=384, depth=12, mlp_dim=1536, num_heads=6),
-    "B": dict(width=768, depth=12, mlp_dim=3072, num_heads=12),
-    "L": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16),
-    "H": dict(width=1280, depth=32, mlp_dim=5120, num_heads=16),
+  "Ti": dict(width=192, depth=12, mlp_dim=768, num_heads=3),
+  "S": dict(width=384, depth=12, mlp_dim=1536, num_heads=6),
+  "B": dict(width=768, depth=12, mlp_dim=3072, num_heads=12),
+  "L": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16),
+  "H": dict(width=1280, depth=32, mlp_dim=5120, num_heads=16),
 }
 
 # LayerNorm epsilon of the original ViT / big_vision (flax default).
@@ -63,511 +61,484 @@ LAYER_NORM_EPSILON = 1e-6
 
 
 def posemb_sincos_2d(height, width, dim, temperature=10_000.0):
-    """Fixed 2D sine-cosine position embedding table (big_vision).
+  """Fixed 2D sine-cosine position embedding table (big_vision).
 
-    For a `height x width` grid of patches in row-major order, the first
-    quarter of the `dim` features is `sin(x * omega)`, then `cos(x * omega)`,
-    `sin(y * omega)`, `cos(y * omega)`, with
-    `omega_j = temperature ** -(j / (dim / 4 - 1))`. Same as
-    `big_vision.models.vit.posemb_sincos_2d`.
+  For a `height x width` grid of patches in row-major order, the first
+  quarter of the `dim` features is `sin(x * omega)`, then `cos(x * omega)`,
+  `sin(y * omega)`, `cos(y * omega)`, with
+  `omega_j = temperature ** -(j / (dim / 4 - 1))`. Same as
+  `big_vision.models.vit.posemb_sincos_2d`.
 
-    Args:
-        height: int. Number of patch rows.
-        width: int. Number of patch columns.
-        dim: int. Embedding dimension, a multiple of 4.
-        temperature: float. Base of the frequency progression.
+  Args:
+      height: int. Number of patch rows.
+      width: int. Number of patch columns.
+      dim: int. Embedding dimension, a multiple of 4.
+      temperature: float. Base of the frequency progression.
 
-    Returns:
-        A float32 NumPy array of shape `[1, height * width, dim]`.
-    """
-    if dim % 4 != 0:
-        raise ValueError(
-            f"The sincos2d position embedding needs a width that is a "
-            f"multiple of 4, got width={dim}."
-        )
-    y, x = np.mgrid[:height, :width]
-    quarter = dim // 4
-    # max(1, ...) only guards dim == 4, where big_vision would divide by 0.
-    omega = np.arange(quarter) / max(1, quarter - 1)
-    omega = 1.0 / (temperature**omega)
-    y = np.einsum("m,d->md", y.reshape(-1), omega)
-    x = np.einsum("m,d->md", x.reshape(-1), omega)
-    pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
-    return pe[None].astype("float32")
+  Returns:
+      A float32 NumPy array of shape `[1, height * width, dim]`.
+  """
+  if dim % 4 != 0:
+    raise ValueError(
+      f"The sincos2d position embedding needs a width that is a multiple of 4, got width={dim}."
+    )
+  y, x = np.mgrid[:height, :width]
+  quarter = dim // 4
+  # max(1, ...) only guards dim == 4, where big_vision would divide by 0.
+  omega = np.arange(quarter) / max(1, quarter - 1)
+  omega = 1.0 / (temperature**omega)
+  y = np.einsum("m,d->md", y.reshape(-1), omega)
+  x = np.einsum("m,d->md", x.reshape(-1), omega)
+  pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+  return pe[None].astype("float32")
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")
 class ClassToken(keras.layers.Layer):
-    """Prepends a learned class token to a token sequence.
+  """Prepends a learned class token to a token sequence.
 
-    `[B, T, D] -> [B, T + 1, D]`. Initialised to zeros as in the original ViT
-    and big_vision.
+  `[B, T, D] -> [B, T + 1, D]`. Initialised to zeros as in the original ViT
+  and big_vision.
 
-    Args:
-        initializer: initializer of the `[1, 1, D]` token.
-        **kwargs: base `keras.layers.Layer` arguments.
-    """
+  Args:
+      initializer: initializer of the `[1, 1, D]` token.
+      **kwargs: base `keras.layers.Layer` arguments.
+  """
 
-    def __init__(self, initializer="zeros", **kwargs):
-        super().__init__(**kwargs)
-        self.initializer = keras.initializers.get(initializer)
+  def __init__(self, initializer="zeros", **kwargs):
+    super().__init__(**kwargs)
+    self.initializer = keras.initializers.get(initializer)
 
-    def build(self, input_shape):
-        self.token = self.add_weight(
-            shape=(1, 1, input_shape[-1]),
-            initializer=self.initializer,
-            name="token",
-        )
+  def build(self, input_shape):
+    self.token = self.add_weight(
+      shape=(1, 1, input_shape[-1]),
+      initializer=self.initializer,
+      name="token",
+    )
 
-    def call(self, inputs):
-        token = ops.cast(self.token, inputs.dtype)
-        token = ops.tile(token, (ops.shape(inputs)[0], 1, 1))
-        return ops.concatenate([token, inputs], axis=1)
+  def call(self, inputs):
+    token = ops.cast(self.token, inputs.dtype)
+    token = ops.tile(token, (ops.shape(inputs)[0], 1, 1))
+    return ops.concatenate([token, inputs], axis=1)
 
-    def compute_output_shape(self, input_shape):
-        tokens = None if input_shape[1] is None else input_shape[1] + 1
-        return (input_shape[0], tokens, input_shape[2])
+  def compute_output_shape(self, input_shape):
+    tokens = None if input_shape[1] is None else input_shape[1] + 1
+    return (input_shape[0], tokens, input_shape[2])
 
-    def get_config(self):
-        config = super().get_config()
-        config["initializer"] = keras.initializers.serialize(self.initializer)
-        return config
+  def get_config(self):
+    config = super().get_config()
+    config["initializer"] = keras.initializers.serialize(self.initializer)
+    return config
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")
 class LearnedPositionEmbedding(keras.layers.Layer):
-    """Adds a trainable position embedding of shape `[1, T, D]`.
+  """Adds a trainable position embedding of shape `[1, T, D]`.
 
-    `T` is the full sequence length seen at build time, so when applied after
-    `ClassToken` it covers the class token too (as in the original ViT and
-    keras-hub).
+  `T` is the full sequence length seen at build time, so when applied after
+  `ClassToken` it covers the class token too (as in the original ViT and
+  keras-hub).
 
-    Args:
-        initializer: initializer of the table; normal with stddev 0.02 by
-            default.
-        **kwargs: base `keras.layers.Layer` arguments.
-    """
+  Args:
+      initializer: initializer of the table; normal with stddev 0.02 by
+          default.
+      **kwargs: base `keras.layers.Layer` arguments.
+  """
 
-    def __init__(self, initializer=None, **kwargs):
-        super().__init__(**kwargs)
-        if initializer is None:
-            initializer = keras.initializers.RandomNormal(stddev=0.02)
-        self.initializer = keras.initializers.get(initializer)
+  def __init__(self, initializer=None, **kwargs):
+    super().__init__(**kwargs)
+    if initializer is None:
+      initializer = keras.initializers.RandomNormal(stddev=0.02)
+    self.initializer = keras.initializers.get(initializer)
 
-    def build(self, input_shape):
-        self.embedding = self.add_weight(
-            shape=(1, input_shape[1], input_shape[2]),
-            initializer=self.initializer,
-            name="embedding",
-        )
+  def build(self, input_shape):
+    self.embedding = self.add_weight(
+      shape=(1, input_shape[1], input_shape[2]),
+      initializer=self.initializer,
+      name="embedding",
+    )
 
-    def call(self, inputs):
-        return inputs + ops.cast(self.embedding, inputs.dtype)
+  def call(self, inputs):
+    return inputs + ops.cast(self.embedding, inputs.dtype)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
+  def compute_output_shape(self, input_shape):
+    return input_shape
 
-    def get_config(self):
-        config = super().get_config()
-        config["initializer"] = keras.initializers.serialize(self.initializer)
-        return config
+  def get_config(self):
+    config = super().get_config()
+    config["initializer"] = keras.initializers.serialize(self.initializer)
+    return config
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")
 class SinCos2DPositionEmbedding(keras.layers.Layer):
-    """Adds the fixed 2D sine-cosine position embedding of big_vision.
+  """Adds the fixed 2D sine-cosine position embedding of big_vision.
 
-    Applied to the patch tokens only (`[B, gh * gw, D]`, row-major grid); as
-    in big_vision a class token, if any, is prepended afterwards and gets no
-    position embedding. The table is kept as a non-trainable weight so that
-    it is visible in `model.non_trainable_weights` and saved with the model.
+  Applied to the patch tokens only (`[B, gh * gw, D]`, row-major grid); as
+  in big_vision a class token, if any, is prepended afterwards and gets no
+  position embedding. The table is kept as a non-trainable weight so that
+  it is visible in `model.non_trainable_weights` and saved with the model.
 
-    Args:
-        grid_size: (int, int). Patch grid `(rows, columns)`.
-        temperature: float. Frequency base, 10000 as in big_vision.
-        **kwargs: base `keras.layers.Layer` arguments.
-    """
+  Args:
+      grid_size: (int, int). Patch grid `(rows, columns)`.
+      temperature: float. Frequency base, 10000 as in big_vision.
+      **kwargs: base `keras.layers.Layer` arguments.
+  """
 
-    def __init__(self, grid_size, temperature=10_000.0, **kwargs):
-        super().__init__(**kwargs)
-        self.grid_size = tuple(int(g) for g in grid_size)
-        self.temperature = float(temperature)
+  def __init__(self, grid_size, temperature=10_000.0, **kwargs):
+    super().__init__(**kwargs)
+    self.grid_size = tuple(int(g) for g in grid_size)
+    self.temperature = float(temperature)
 
-    def build(self, input_shape):
-        rows, cols = self.grid_size
-        if input_shape[1] is not None and input_shape[1] != rows * cols:
-            raise ValueError(
-                f"SinCos2DPositionEmbedding expects {rows}x{cols}="
-                f"{rows * cols} tokens, got {input_shape[1]}."
-            )
-        table = posemb_sincos_2d(rows, cols, input_shape[2], self.temperature)
-        self.embedding = self.add_weight(
-            shape=table.shape,
-            initializer="zeros",
-            trainable=False,
-            name="embedding",
-        )
-        self.embedding.assign(table)
+  def build(self, input_shape):
+    rows, cols = self.grid_size
+    if input_shape[1] is not None and input_shape[1] != rows * cols:
+      raise ValueError(
+        f"SinCos2DPositionEmbedding expects {rows}x{cols}="
+        f"{rows * cols} tokens, got {input_shape[1]}."
+      )
+    table = posemb_sincos_2d(rows, cols, input_shape[2], self.temperature)
+    self.embedding = self.add_weight(
+      shape=table.shape,
+      initializer="zeros",
+      trainable=False,
+      name="embedding",
+    )
+    self.embedding.assign(table)
 
-    def call(self, inputs):
-        return inputs + ops.cast(self.embedding, inputs.dtype)
+  def call(self, inputs):
+    return inputs + ops.cast(self.embedding, inputs.dtype)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
+  def compute_output_shape(self, input_shape):
+    return input_shape
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {"grid_size": self.grid_size, "temperature": self.temperature}
-        )
-        return config
+  def get_config(self):
+    config = super().get_config()
+    config.update({"grid_size": self.grid_size, "temperature": self.temperature})
+    return config
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")
 class ScaledDotProductAttention(keras.layers.Layer):
-    """Multi-head scaled dot-product attention without projections.
+  """Multi-head scaled dot-product attention without projections.
 
-    Takes already-projected `query`, `key`, `value` of shape `[B, T, D]`,
-    splits them into `num_heads` heads of size `D / num_heads` (head `h` is
-    features `h * head_dim : (h + 1) * head_dim`), computes
-    `softmax(q k^T / sqrt(head_dim)) v` per head and merges the heads back to
-    `[B, T, D]`. The projections are separate layers so that they can come
-    from a dense factory.
+  Takes already-projected `query`, `key`, `value` of shape `[B, T, D]`,
+  splits them into `num_heads` heads of size `D / num_heads` (head `h` is
+  features `h * head_dim : (h + 1) * head_dim`), computes
+  `softmax(q k^T / sqrt(head_dim)) v` per head and merges the heads back to
+  `[B, T, D]`. The projections are separate layers so that they can come
+  from a dense factory.
 
-    Args:
-        num_heads: int. Number of attention heads; must divide `D`.
-        dropout: float. Dropout rate on the attention probabilities.
-        **kwargs: base `keras.layers.Layer` arguments.
-    """
+  Args:
+      num_heads: int. Number of attention heads; must divide `D`.
+      dropout: float. Dropout rate on the attention probabilities.
+      **kwargs: base `keras.layers.Layer` arguments.
+  """
 
-    def __init__(self, num_heads, dropout=0.0, **kwargs):
-        super().__init__(**kwargs)
-        self.num_heads = int(num_heads)
-        self.dropout = float(dropout)
-        self.dropout_layer = keras.layers.Dropout(
-            self.dropout, dtype=self.dtype_policy, name="dropout"
-        )
+  def __init__(self, num_heads, dropout=0.0, **kwargs):
+    super().__init__(**kwargs)
+    self.num_heads = int(num_heads)
+    self.dropout = float(dropout)
+    self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy, name="dropout")
 
-    def _split_heads(self, x):
-        shape = ops.shape(x)
-        head_dim = x.shape[-1] // self.num_heads
-        return ops.reshape(x, (shape[0], shape[1], self.num_heads, head_dim))
+  def _split_heads(self, x):
+    shape = ops.shape(x)
+    head_dim = x.shape[-1] // self.num_heads
+    return ops.reshape(x, (shape[0], shape[1], self.num_heads, head_dim))
 
-    def call(self, query, key, value, training=None):
-        dim = query.shape[-1]
-        if dim % self.num_heads != 0:
-            raise ValueError(
-                f"Feature dim {dim} is not divisible by num_heads="
-                f"{self.num_heads}."
-            )
-        q = self._split_heads(query)
-        k = self._split_heads(key)
-        v = self._split_heads(value)
-        q = q * ops.cast(1.0 / math.sqrt(dim // self.num_heads), q.dtype)
-        scores = ops.einsum("bqhd,bkhd->bhqk", q, k)
-        # Softmax in float32: under mixed precision bf16 logits lose the small
-        # differences that decide the attention pattern.
-        probs = ops.softmax(ops.cast(scores, "float32"), axis=-1)
-        probs = ops.cast(probs, q.dtype)
-        probs = self.dropout_layer(probs, training=training)
-        out = ops.einsum("bhqk,bkhd->bqhd", probs, v)
-        shape = ops.shape(query)
-        return ops.reshape(out, (shape[0], shape[1], dim))
+  def call(self, query, key, value, training=None):
+    dim = query.shape[-1]
+    if dim % self.num_heads != 0:
+      raise ValueError(f"Feature dim {dim} is not divisible by num_heads={self.num_heads}.")
+    q = self._split_heads(query)
+    k = self._split_heads(key)
+    v = self._split_heads(value)
+    q = q * ops.cast(1.0 / math.sqrt(dim // self.num_heads), q.dtype)
+    scores = ops.einsum("bqhd,bkhd->bhqk", q, k)
+    # Softmax in float32: under mixed precision bf16 logits lose the small
+    # differences that decide the attention pattern.
+    probs = ops.softmax(ops.cast(scores, "float32"), axis=-1)
+    probs = ops.cast(probs, q.dtype)
+    probs = self.dropout_layer(probs, training=training)
+    out = ops.einsum("bhqk,bkhd->bqhd", probs, v)
+    shape = ops.shape(query)
+    return ops.reshape(out, (shape[0], shape[1], dim))
 
-    def compute_output_shape(
-        self, query_shape, key_shape=None, value_shape=None
-    ):
-        return query_shape
+  def compute_output_shape(self, query_shape, key_shape=None, value_shape=None):
+    return query_shape
 
-    def get_config(self):
-        config = super().get_config()
-        config.update({"num_heads": self.num_heads, "dropout": self.dropout})
-        return config
+  def get_config(self):
+    config = super().get_config()
+    config.update({"num_heads": self.num_heads, "dropout": self.dropout})
+    return config
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")
 class TokenPooling(keras.layers.Layer):
-    """Pools a token sequence `[B, T, D]` into `[B, D]`.
+  """Pools a token sequence `[B, T, D]` into `[B, D]`.
 
-    Args:
-        mode: `"token"` takes token 0 (the class token); `"gap"` averages all
-            tokens (global average pooling, big_vision `pool_type="gap"`).
-        **kwargs: base `keras.layers.Layer` arguments.
-    """
+  Args:
+      mode: `"token"` takes token 0 (the class token); `"gap"` averages all
+          tokens (global average pooling, big_vision `pool_type="gap"`).
+      **kwargs: base `keras.layers.Layer` arguments.
+  """
 
-    def __init__(self, mode="token", **kwargs):
-        super().__init__(**kwargs)
-        if mode not in ("token", "gap"):
-            raise ValueError(f"mode must be 'token' or 'gap', got {mode!r}.")
-        self.mode = mode
+  def __init__(self, mode="token", **kwargs):
+    super().__init__(**kwargs)
+    if mode not in ("token", "gap"):
+      raise ValueError(f"mode must be 'token' or 'gap', got {mode!r}.")
+    self.mode = mode
 
-    def call(self, inputs):
-        if self.mode == "token":
-            return inputs[:, 0]
-        return ops.mean(inputs, axis=1)
+  def call(self, inputs):
+    if self.mode == "token":
+      return inputs[:, 0]
+    return ops.mean(inputs, axis=1)
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], input_shape[2])
+  def compute_output_shape(self, input_shape):
+    return (input_shape[0], input_shape[2])
 
-    def get_config(self):
-        config = super().get_config()
-        config["mode"] = self.mode
-        return config
+  def get_config(self):
+    config = super().get_config()
+    config["mode"] = self.mode
+    return config
 
 
 def _pair(value):
-    if isinstance(value, int):
-        return (value, value)
-    value = tuple(int(v) for v in value)
-    if len(value) != 2:
-        raise ValueError(f"Expected an int or a pair of ints, got {value}.")
-    return value
+  if isinstance(value, int):
+    return (value, value)
+  value = tuple(int(v) for v in value)
+  if len(value) != 2:
+    raise ValueError(f"Expected an int or a pair of ints, got {value}.")
+  return value
 
 
 def _parse_variant(variant):
-    """Splits "S/16" into ("S", 16); raises a helpful ValueError otherwise."""
-    valid = ", ".join(f"'{v}/<patch>'" for v in VIT_VARIANTS)
-    parts = variant.split("/") if isinstance(variant, str) else []
-    if (
-        len(parts) != 2
-        or parts[0] not in VIT_VARIANTS
-        or not parts[1].isdigit()
-        or int(parts[1]) == 0
-    ):
-        raise ValueError(
-            f"Unknown ViT variant {variant!r}. Valid variants are {valid}, "
-            f"e.g. 'S/16' or 'B/32'."
-        )
-    return parts[0], int(parts[1])
+  """Splits "S/16" into ("S", 16); raises a helpful ValueError otherwise."""
+  valid = ", ".join(f"'{v}/<patch>'" for v in VIT_VARIANTS)
+  parts = variant.split("/") if isinstance(variant, str) else []
+  if (
+    len(parts) != 2 or parts[0] not in VIT_VARIANTS or not parts[1].isdigit() or int(parts[1]) == 0
+  ):
+    raise ValueError(
+      f"Unknown ViT variant {variant!r}. Valid variants are {valid}, e.g. 'S/16' or 'B/32'."
+    )
+  return parts[0], int(parts[1])
 
 
 def _encoder_block(
-    x,
-    index,
-    *,
-    width,
-    mlp_dim,
-    num_heads,
-    dropout,
-    attention_dropout,
-    dense_factory,
+  x,
+  index,
+  *,
+  width,
+  mlp_dim,
+  num_heads,
+  dropout,
+  attention_dropout,
+  dense_factory,
 ):
-    """One pre-norm Transformer encoder block (big_vision `Encoder1DBlock`)."""
-    prefix = f"block{index}"
+  """One pre-norm Transformer encoder block (big_vision `Encoder1DBlock`)."""
+  prefix = f"block{index}"
 
-    def dense(units, suffix, **kwargs):
-        # Xavier-uniform kernels as in big_vision's attention and MLP.
-        return dense_factory(
-            units,
-            name=f"{prefix}_{suffix}",
-            block=index,
-            kernel_initializer="glorot_uniform",
-            **kwargs,
-        )
+  def dense(units, suffix, **kwargs):
+    # Xavier-uniform kernels as in big_vision's attention and MLP.
+    return dense_factory(
+      units,
+      name=f"{prefix}_{suffix}",
+      block=index,
+      kernel_initializer="glorot_uniform",
+      **kwargs,
+    )
 
-    # Attention branch: LN -> q/k/v projections -> attention -> out projection.
-    y = keras.layers.LayerNormalization(
-        epsilon=LAYER_NORM_EPSILON, name=f"{prefix}_ln_1"
-    )(x)
-    q = dense(width, "attn_query")(y)
-    k = dense(width, "attn_key")(y)
-    v = dense(width, "attn_value")(y)
-    y = ScaledDotProductAttention(
-        num_heads, dropout=attention_dropout, name=f"{prefix}_attn"
-    )(q, k, v)
-    y = dense(width, "attn_out")(y)
-    y = keras.layers.Dropout(dropout, name=f"{prefix}_attn_dropout")(y)
-    x = keras.layers.Add(name=f"{prefix}_add_1")([x, y])
+  # Attention branch: LN -> q/k/v projections -> attention -> out projection.
+  y = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=f"{prefix}_ln_1")(x)
+  q = dense(width, "attn_query")(y)
+  k = dense(width, "attn_key")(y)
+  v = dense(width, "attn_value")(y)
+  y = ScaledDotProductAttention(num_heads, dropout=attention_dropout, name=f"{prefix}_attn")(
+    q, k, v
+  )
+  y = dense(width, "attn_out")(y)
+  y = keras.layers.Dropout(dropout, name=f"{prefix}_attn_dropout")(y)
+  x = keras.layers.Add(name=f"{prefix}_add_1")([x, y])
 
-    # MLP branch. Tiny normal bias init as in big_vision's MlpBlock.
-    y = keras.layers.LayerNormalization(
-        epsilon=LAYER_NORM_EPSILON, name=f"{prefix}_ln_2"
-    )(x)
-    y = dense(
-        mlp_dim,
-        "mlp_dense_1",
-        bias_initializer=keras.initializers.RandomNormal(stddev=1e-6),
-    )(y)
-    # The activation is a separate layer so factories only build linear maps.
-    # "gelu" is the exact (erf) GELU, as in the ViT paper, PyTorch/timm and
-    # keras-hub. (flax's nn.gelu, used by big_vision, defaults to the tanh
-    # approximation; the two differ by < 1e-3.)
-    y = keras.layers.Activation("gelu", name=f"{prefix}_mlp_gelu")(y)
-    y = keras.layers.Dropout(dropout, name=f"{prefix}_mlp_dropout_1")(y)
-    y = dense(
-        width,
-        "mlp_dense_2",
-        bias_initializer=keras.initializers.RandomNormal(stddev=1e-6),
-    )(y)
-    y = keras.layers.Dropout(dropout, name=f"{prefix}_mlp_dropout_2")(y)
-    return keras.layers.Add(name=f"{prefix}_add_2")([x, y])
+  # MLP branch. Tiny normal bias init as in big_vision's MlpBlock.
+  y = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=f"{prefix}_ln_2")(x)
+  y = dense(
+    mlp_dim,
+    "mlp_dense_1",
+    bias_initializer=keras.initializers.RandomNormal(stddev=1e-6),
+  )(y)
+  # The activation is a separate layer so factories only build linear maps.
+  # "gelu" is the exact (erf) GELU, as in the ViT paper, PyTorch/timm and
+  # keras-hub. (flax's nn.gelu, used by big_vision, defaults to the tanh
+  # approximation; the two differ by < 1e-3.)
+  y = keras.layers.Activation("gelu", name=f"{prefix}_mlp_gelu")(y)
+  y = keras.layers.Dropout(dropout, name=f"{prefix}_mlp_dropout_1")(y)
+  y = dense(
+    width,
+    "mlp_dense_2",
+    bias_initializer=keras.initializers.RandomNormal(stddev=1e-6),
+  )(y)
+  y = keras.layers.Dropout(dropout, name=f"{prefix}_mlp_dropout_2")(y)
+  return keras.layers.Add(name=f"{prefix}_add_2")([x, y])
 
 
 @gin.configurable
 def vit(
-    variant="S/16",
-    *,
-    image_size=224,
-    num_channels=3,
-    pooling="token",
-    posemb="learn",
-    dropout=0.0,
-    attention_dropout=0.0,
-    dense_factory=default_dense,
-    conv_factory=default_conv,
-    width=None,
-    depth=None,
-    mlp_dim=None,
-    num_heads=None,
-    patch_size=None,
-    tile_members=1,
-    tile_before_block=None,
-    name="vit",
+  variant="S/16",
+  *,
+  image_size=224,
+  num_channels=3,
+  pooling="token",
+  posemb="learn",
+  dropout=0.0,
+  attention_dropout=0.0,
+  dense_factory=default_dense,
+  conv_factory=default_conv,
+  width=None,
+  depth=None,
+  mlp_dim=None,
+  num_heads=None,
+  patch_size=None,
+  tile_members=1,
+  tile_before_block=None,
+  name="vit",
 ):
-    """Builds a Vision Transformer backbone as a functional `keras.Model`.
+  """Builds a Vision Transformer backbone as a functional `keras.Model`.
 
-    Architecture (original ViT / big_vision): a conv patch embedding with
-    kernel = stride = patch size, flattened to tokens; a class token
-    prepended if `pooling="token"`; a position embedding; dropout; `depth`
-    pre-norm encoder blocks (LayerNorm(eps=1e-6) -> multi-head self-attention
-    -> dropout -> residual; LayerNorm -> Dense(mlp_dim) -> exact GELU ->
-    dropout -> Dense(width) -> dropout -> residual); a final LayerNorm; then
-    pooling. Reference: Dosovitskiy et al., "An Image is Worth 16x16 Words",
-    https://arxiv.org/abs/2010.11929.
+  Architecture (original ViT / big_vision): a conv patch embedding with
+  kernel = stride = patch size, flattened to tokens; a class token
+  prepended if `pooling="token"`; a position embedding; dropout; `depth`
+  pre-norm encoder blocks (LayerNorm(eps=1e-6) -> multi-head self-attention
+  -> dropout -> residual; LayerNorm -> Dense(mlp_dim) -> exact GELU ->
+  dropout -> Dense(width) -> dropout -> residual); a final LayerNorm; then
+  pooling. Reference: Dosovitskiy et al., "An Image is Worth 16x16 Words",
+  https://arxiv.org/abs/2010.11929.
 
-    Args:
-        variant: str. `"<size>/<patch>"` with size one of `VIT_VARIANTS`
-            (`"Ti"`, `"S"`, `"B"`, `"L"`, `"H"`), e.g. `"B/16"`.
-        image_size: int or (int, int). Input height and width; each must be
-            divisible by the patch size.
-        num_channels: int. Input channels.
-        pooling: `"token"` returns the class token, `"gap"` the mean of all
-            tokens (no class token is created); both after the final
-            LayerNorm.
-        posemb: `"learn"` for a trainable embedding (normal, stddev 0.02)
-            added after the class token is prepended, so it covers it; or
-            `"sincos2d"` for the fixed 2D sine-cosine table of big_vision
-            added to the patch tokens only (requires `width % 4 == 0`).
-        dropout: float. Dropout rate after the position embedding and on
-            both residual branches and inside the MLP.
-        attention_dropout: float. Dropout rate on attention probabilities.
-        dense_factory: callable building every Dense layer, see
-            `keras_unc.backbones.factories`; called with `block=i` in block
-            `i`.
-        conv_factory: callable building the patch embedding conv
-            (`block=None`).
-        width, depth, mlp_dim, num_heads, patch_size: optional overrides of
-            the variant's numbers, for tiny test or demo models.
-        tile_members: int. Ensemble size M of BatchEnsemble layers: the batch
-            is tiled M times once (`TileMembers`), so the output is
-            `[M * B, width]` with member i in rows `[i*B, (i+1)*B)`.
-        tile_before_block: where the tiling happens: None tiles the input
-            images, an int `i` the tokens entering encoder block `i` (the
-            first block with BatchEnsemble layers; earlier blocks run once).
-        name: str. Name of the returned model.
+  Args:
+      variant: str. `"<size>/<patch>"` with size one of `VIT_VARIANTS`
+          (`"Ti"`, `"S"`, `"B"`, `"L"`, `"H"`), e.g. `"B/16"`.
+      image_size: int or (int, int). Input height and width; each must be
+          divisible by the patch size.
+      num_channels: int. Input channels.
+      pooling: `"token"` returns the class token, `"gap"` the mean of all
+          tokens (no class token is created); both after the final
+          LayerNorm.
+      posemb: `"learn"` for a trainable embedding (normal, stddev 0.02)
+          added after the class token is prepended, so it covers it; or
+          `"sincos2d"` for the fixed 2D sine-cosine table of big_vision
+          added to the patch tokens only (requires `width % 4 == 0`).
+      dropout: float. Dropout rate after the position embedding and on
+          both residual branches and inside the MLP.
+      attention_dropout: float. Dropout rate on attention probabilities.
+      dense_factory: callable building every Dense layer, see
+          `keras_unc.backbones.factories`; called with `block=i` in block
+          `i`.
+      conv_factory: callable building the patch embedding conv
+          (`block=None`).
+      width, depth, mlp_dim, num_heads, patch_size: optional overrides of
+          the variant's numbers, for tiny test or demo models.
+      tile_members: int. Ensemble size M of BatchEnsemble layers: the batch
+          is tiled M times once (`TileMembers`), so the output is
+          `[M * B, width]` with member i in rows `[i*B, (i+1)*B)`.
+      tile_before_block: where the tiling happens: None tiles the input
+          images, an int `i` the tokens entering encoder block `i` (the
+          first block with BatchEnsemble layers; earlier blocks run once).
+      name: str. Name of the returned model.
 
-    Returns:
-        A `keras.Model` mapping `[B, H, W, num_channels]` float images to
-        `[B, width]` embeddings.
+  Returns:
+      A `keras.Model` mapping `[B, H, W, num_channels]` float images to
+      `[B, width]` embeddings.
 
-    Example:
+  Example:
+  ```python
+  backbone = vit("B/16", image_size=224)
+  logits = keras.layers.Dense(1000)(backbone.output)
+  classifier = keras.Model(backbone.input, logits)
+  ```
+  """
+  size, variant_patch = _parse_variant(variant)
+  spec = dict(VIT_VARIANTS[size])
+  overrides = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads)
+  spec.update({k: v for k, v in overrides.items() if v is not None})
+  width, depth = spec["width"], spec["depth"]
+  mlp_dim, num_heads = spec["mlp_dim"], spec["num_heads"]
+  if patch_size is None:
+    patch_size = variant_patch
+  patch_h, patch_w = _pair(patch_size)
+  image_h, image_w = _pair(image_size)
 
-    ```python
-    backbone = vit("B/16", image_size=224)
-    logits = keras.layers.Dense(1000)(backbone.output)
-    classifier = keras.Model(backbone.input, logits)
-    ```
-    """
-    size, variant_patch = _parse_variant(variant)
-    spec = dict(VIT_VARIANTS[size])
-    overrides = dict(
-        width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads
+  if image_h % patch_h or image_w % patch_w:
+    patch = patch_h if patch_h == patch_w else (patch_h, patch_w)
+    image = image_h if image_h == image_w else (image_h, image_w)
+    fixed_h = math.ceil(image_h / patch_h) * patch_h
+    fixed_w = math.ceil(image_w / patch_w) * patch_w
+    fixed = fixed_h if fixed_h == fixed_w else (fixed_h, fixed_w)
+    multiple = patch_h if patch_h == patch_w else f"{patch_h}x{patch_w}"
+    raise ValueError(
+      f"image_size {image} is not divisible by patch size {patch} of "
+      f"ViT-{size}/{patch}: use a multiple of {multiple} such as "
+      f"{fixed}, or a different patch size."
     )
-    spec.update({k: v for k, v in overrides.items() if v is not None})
-    width, depth = spec["width"], spec["depth"]
-    mlp_dim, num_heads = spec["mlp_dim"], spec["num_heads"]
-    if patch_size is None:
-        patch_size = variant_patch
-    patch_h, patch_w = _pair(patch_size)
-    image_h, image_w = _pair(image_size)
+  if width % num_heads:
+    raise ValueError(f"width {width} is not divisible by num_heads {num_heads}.")
+  if pooling not in ("token", "gap"):
+    raise ValueError(f"pooling must be 'token' or 'gap', got {pooling!r}.")
+  if posemb not in ("learn", "sincos2d"):
+    raise ValueError(f"posemb must be 'learn' or 'sincos2d', got {posemb!r}.")
+  grid = (image_h // patch_h, image_w // patch_w)
 
-    if image_h % patch_h or image_w % patch_w:
-        patch = patch_h if patch_h == patch_w else (patch_h, patch_w)
-        image = image_h if image_h == image_w else (image_h, image_w)
-        fixed_h = math.ceil(image_h / patch_h) * patch_h
-        fixed_w = math.ceil(image_w / patch_w) * patch_w
-        fixed = fixed_h if fixed_h == fixed_w else (fixed_h, fixed_w)
-        multiple = patch_h if patch_h == patch_w else f"{patch_h}x{patch_w}"
-        raise ValueError(
-            f"image_size {image} is not divisible by patch size {patch} of "
-            f"ViT-{size}/{patch}: use a multiple of {multiple} such as "
-            f"{fixed}, or a different patch size."
-        )
-    if width % num_heads:
-        raise ValueError(
-            f"width {width} is not divisible by num_heads {num_heads}."
-        )
-    if pooling not in ("token", "gap"):
-        raise ValueError(f"pooling must be 'token' or 'gap', got {pooling!r}.")
-    if posemb not in ("learn", "sincos2d"):
-        raise ValueError(
-            f"posemb must be 'learn' or 'sincos2d', got {posemb!r}."
-        )
-    grid = (image_h // patch_h, image_w // patch_w)
+  if tile_before_block is not None and not 0 <= tile_before_block < depth:
+    raise ValueError(
+      f"tile_before_block={tile_before_block} is not a block of this "
+      f"depth-{depth} ViT: use 0..{depth - 1}, or None to tile the input."
+    )
+  inputs = keras.Input((image_h, image_w, num_channels), name="images")
+  x = inputs
+  if tile_members > 1 and tile_before_block is None:
+    x = _tile(tile_members)(x)
+  # LeCun-normal kernel: the flax nn.Conv default used by big_vision.
+  x = conv_factory(
+    width,
+    (patch_h, patch_w),
+    name="patch_embedding",
+    block=None,
+    strides=(patch_h, patch_w),
+    padding="valid",
+    kernel_initializer="lecun_normal",
+  )(x)
+  x = keras.layers.Reshape((grid[0] * grid[1], width), name="tokens")(x)
+  if posemb == "learn":
+    if pooling == "token":
+      x = ClassToken(name="class_token")(x)
+    x = LearnedPositionEmbedding(name="posemb")(x)
+  else:
+    x = SinCos2DPositionEmbedding(grid, name="posemb")(x)
+    if pooling == "token":
+      x = ClassToken(name="class_token")(x)
+  x = keras.layers.Dropout(dropout, name="posemb_dropout")(x)
 
-    if tile_before_block is not None and not 0 <= tile_before_block < depth:
-        raise ValueError(
-            f"tile_before_block={tile_before_block} is not a block of this "
-            f"depth-{depth} ViT: use 0..{depth - 1}, or None to tile the input."
-        )
-    inputs = keras.Input((image_h, image_w, num_channels), name="images")
-    x = inputs
-    if tile_members > 1 and tile_before_block is None:
-        x = _tile(tile_members)(x)
-    # LeCun-normal kernel: the flax nn.Conv default used by big_vision.
-    x = conv_factory(
-        width,
-        (patch_h, patch_w),
-        name="patch_embedding",
-        block=None,
-        strides=(patch_h, patch_w),
-        padding="valid",
-        kernel_initializer="lecun_normal",
-    )(x)
-    x = keras.layers.Reshape((grid[0] * grid[1], width), name="tokens")(x)
-    if posemb == "learn":
-        if pooling == "token":
-            x = ClassToken(name="class_token")(x)
-        x = LearnedPositionEmbedding(name="posemb")(x)
-    else:
-        x = SinCos2DPositionEmbedding(grid, name="posemb")(x)
-        if pooling == "token":
-            x = ClassToken(name="class_token")(x)
-    x = keras.layers.Dropout(dropout, name="posemb_dropout")(x)
-
-    for index in range(depth):
-        if tile_members > 1 and index == tile_before_block:
-            x = _tile(tile_members)(x)
-        x = _encoder_block(
-            x,
-            index,
-            width=width,
-            mlp_dim=mlp_dim,
-            num_heads=num_heads,
-            dropout=dropout,
-            attention_dropout=attention_dropout,
-            dense_factory=dense_factory,
-        )
-    # big_vision normalises all tokens, then pools (also for "gap").
-    x = keras.layers.LayerNormalization(
-        epsilon=LAYER_NORM_EPSILON, name="encoder_norm"
-    )(x)
-    x = TokenPooling(pooling, name="pool")(x)
-    return keras.Model(inputs, x, name=name)
+  for index in range(depth):
+    if tile_members > 1 and index == tile_before_block:
+      x = _tile(tile_members)(x)
+    x = _encoder_block(
+      x,
+      index,
+      width=width,
+      mlp_dim=mlp_dim,
+      num_heads=num_heads,
+      dropout=dropout,
+      attention_dropout=attention_dropout,
+      dense_factory=dense_factory,
+    )
+  # big_vision normalises all tokens, then pools (also for "gap").
+  x = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="encoder_norm")(x)
+  x = TokenPooling(pooling, name="pool")(x)
+  return keras.Model(inputs, x, name=name)
 
 
 def _tile(members):
-    # Imported here: only ensemble methods need it.
-    from keras_unc.layers.batch_ensemble import TileMembers
+  # Imported here: only ensemble methods need it.
+  from keras_unc.layers.batch_ensemble import TileMembers
 
-    return TileMembers(members, name="tile_members")
+  return TileMembers(members, name="tile_members")

@@ -9,11 +9,26 @@ who normalise in the pipeline.
     ds = make_dataset(source, "train[:50000]", "flip_lr", 128, train=True)
 """
 
+from keras_unc.data import cached  # noqa: F401  (registers the `cached:` prefix)
 from keras_unc.data.ops import Preprocess, parse_ops, register, registered_ops
 from keras_unc.data.pipeline import make_dataset
-from keras_unc.data.sources import Source, get_source, parse_split
+from keras_unc.data.sources import (
+  Source,
+  default_data_dir,
+  get_source,
+  parse_split,
+  register_prefix,
+)
 
 __all__ = [
-    "Preprocess", "Source", "get_source", "make_dataset", "parse_ops",
-    "parse_split", "register", "registered_ops",
+  "Preprocess",
+  "Source",
+  "get_source",
+  "make_dataset",
+  "parse_ops",
+  "default_data_dir",
+  "parse_split",
+  "register",
+  "register_prefix",
+  "registered_ops",
 ]

@@ -27,7 +27,7 @@ import dataclasses
 import difflib
 import inspect
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -36,443 +36,491 @@ Fn = Callable[[dict], dict]
 
 @dataclasses.dataclass(frozen=True)
 class _Op:
-    factory: Callable[..., Fn]
-    batched: bool
+  factory: Callable[..., Fn]
+  batched: bool
 
 
 _REGISTRY: dict[str, _Op] = {}
 
 
 def register(name: str, batched: bool = False):
-    """Decorator registering an op factory; `batched` ops run after batching."""
-    def deco(factory):
-        if name in _REGISTRY:
-            raise ValueError(f"Preprocessing op {name!r} is already registered.")
-        _REGISTRY[name] = _Op(factory, batched)
-        return factory
-    return deco
+  """Decorator registering an op factory; `batched` ops run after batching."""
+
+  def deco(factory):
+    if name in _REGISTRY:
+      raise ValueError(f"Preprocessing op {name!r} is already registered.")
+    _REGISTRY[name] = _Op(factory, batched)
+    return factory
+
+  return deco
 
 
 def registered_ops() -> list[str]:
-    return sorted(_REGISTRY)
+  return sorted(_REGISTRY)
 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
-    """Parsed op string: per-example ops, then batch-level ops."""
+  """Parsed op string: per-example ops, then batch-level ops."""
 
-    spec: str
-    example_ops: tuple = ()
-    batch_ops: tuple = ()
+  spec: str
+  example_ops: tuple = ()
+  batch_ops: tuple = ()
 
-    def example_fn(self, example: dict) -> dict:
-        for fn in self.example_ops:
-            example = fn(example)
-        return example
+  def example_fn(self, example: dict) -> dict:
+    for fn in self.example_ops:
+      example = fn(example)
+    return example
 
-    def batch_fn(self, batch: dict) -> dict:
-        for fn in self.batch_ops:
-            batch = fn(batch)
-        return batch
+  def batch_fn(self, batch: dict) -> dict:
+    for fn in self.batch_ops:
+      batch = fn(batch)
+    return batch
 
-    def __call__(self, example: dict) -> dict:
-        if self.batch_ops:
-            raise ValueError(f"{self.spec!r} has batch-level ops: apply "
-                             ".example_fn per example and .batch_fn per batch.")
-        return self.example_fn(example)
+  def __call__(self, example: dict) -> dict:
+    if self.batch_ops:
+      raise ValueError(
+        f"{self.spec!r} has batch-level ops: apply .example_fn per example and .batch_fn per batch."
+      )
+    return self.example_fn(example)
 
 
 _OP_RE = re.compile(r"^([A-Za-z_]\w*)\s*(?:\((.*)\))?$", re.S)
 
 
 def _parse_args(name: str, argstr: str) -> tuple[list, dict]:
-    try:
-        call = ast.parse(f"f({argstr})", mode="eval").body
-        if any(k.arg is None for k in call.keywords):
-            raise ValueError("**kwargs not supported")
-        return ([ast.literal_eval(a) for a in call.args],
-                {k.arg: ast.literal_eval(k.value) for k in call.keywords})
-    except (SyntaxError, ValueError) as e:
-        sig = inspect.signature(_REGISTRY[name].factory)
-        raise ValueError(f"Cannot parse arguments of op {name!r}: ({argstr}) "
-                         f"[{e}]. Arguments must be Python literals; "
-                         f"signature: {name}{sig}") from None
+  try:
+    call = ast.parse(f"f({argstr})", mode="eval").body
+    if any(k.arg is None for k in call.keywords):
+      raise ValueError("**kwargs not supported")
+    return (
+      [ast.literal_eval(a) for a in call.args],
+      {k.arg: ast.literal_eval(k.value) for k in call.keywords},
+    )
+  except (SyntaxError, ValueError) as e:
+    sig = inspect.signature(_REGISTRY[name].factory)
+    raise ValueError(
+      f"Cannot parse arguments of op {name!r}: ({argstr}) "
+      f"[{e}]. Arguments must be Python literals; "
+      f"signature: {name}{sig}"
+    ) from None
 
 
 def _build(part: str) -> tuple[Fn, bool]:
-    m = _OP_RE.match(part)
-    if not m:
-        raise ValueError(f"Malformed preprocessing op {part!r}: expected "
-                         "'name' or 'name(args)'.")
-    name, argstr = m.group(1), m.group(2) or ""
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"Unknown preprocessing op {name!r}.{hint} "
-                         f"Registered ops: {', '.join(registered_ops())}.")
-    op = _REGISTRY[name]
-    args, kwargs = _parse_args(name, argstr)
-    sig = inspect.signature(op.factory)
-    try:
-        sig.bind(*args, **kwargs)
-        return op.factory(*args, **kwargs), op.batched
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"Bad arguments for op {name!r}: ({argstr}) [{e}]; "
-                         f"signature: {name}{sig}") from e
+  m = _OP_RE.match(part)
+  if not m:
+    raise ValueError(f"Malformed preprocessing op {part!r}: expected 'name' or 'name(args)'.")
+  name, argstr = m.group(1), m.group(2) or ""
+  if name not in _REGISTRY:
+    close = difflib.get_close_matches(name, _REGISTRY, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(
+      f"Unknown preprocessing op {name!r}.{hint} Registered ops: {', '.join(registered_ops())}."
+    )
+  op = _REGISTRY[name]
+  args, kwargs = _parse_args(name, argstr)
+  sig = inspect.signature(op.factory)
+  try:
+    sig.bind(*args, **kwargs)
+    return op.factory(*args, **kwargs), op.batched
+  except (TypeError, ValueError) as e:
+    raise ValueError(
+      f"Bad arguments for op {name!r}: ({argstr}) [{e}]; signature: {name}{sig}"
+    ) from e
 
 
 def parse_ops(spec: str) -> Preprocess:
-    """Parses "op1|op2(args)|..." into a `Preprocess` (callable per example).
+  """Parses "op1|op2(args)|..." into a `Preprocess` (callable per example).
 
-    Batch-level ops must come after all per-example ops: they run after
-    batching, so any other order would be misleading.
-    """
-    example_ops, batch_ops = [], []
-    for part in (p.strip() for p in spec.split("|")):
-        if not part:
-            continue
-        fn, batched = _build(part)
-        if not batched and batch_ops:
-            raise ValueError(f"Per-example op {part!r} comes after a batch-level op "
-                             f"in {spec!r}; put batch-level ops "
-                             f"({', '.join(k for k, v in _REGISTRY.items() if v.batched)})"
-                             " last.")
-        (batch_ops if batched else example_ops).append(fn)
-    return Preprocess(spec, tuple(example_ops), tuple(batch_ops))
+  Batch-level ops must come after all per-example ops: they run after
+  batching, so any other order would be misleading.
+  """
+  example_ops, batch_ops = [], []
+  for part in (p.strip() for p in spec.split("|")):
+    if not part:
+      continue
+    fn, batched = _build(part)
+    if not batched and batch_ops:
+      raise ValueError(
+        f"Per-example op {part!r} comes after a batch-level op "
+        f"in {spec!r}; put batch-level ops "
+        f"({', '.join(k for k, v in _REGISTRY.items() if v.batched)})"
+        " last."
+      )
+    (batch_ops if batched else example_ops).append(fn)
+  return Preprocess(spec, tuple(example_ops), tuple(batch_ops))
 
 
 # ----------------------------------------------------------------- helpers
 
+
 def _take_rng(example: dict, op: str) -> tuple[dict, tf.Tensor]:
-    """Splits example["_rng"]: returns (example with new _rng, seed for op)."""
-    if "_rng" not in example:
-        raise ValueError(
-            f"Op {op!r} is random and needs example['_rng'], a stateless seed "
-            "(int32/int64 [2]) that make_dataset adds; when calling ops directly "
-            "add one, e.g. example['_rng'] = tf.constant([0, 1], tf.int64).")
-    rng = example["_rng"]
-    if rng.shape.rank == 2:  # batched: derive the batch seed from row 0
-        new, sub = tf.unstack(tf.random.experimental.stateless_split(rng[0], 2))
-        return {**example, "_rng": tf.concat([new[None], rng[1:]], 0)}, sub
-    new, sub = tf.unstack(tf.random.experimental.stateless_split(rng, 2))
-    return {**example, "_rng": new}, sub
+  """Splits example["_rng"]: returns (example with new _rng, seed for op)."""
+  if "_rng" not in example:
+    raise ValueError(
+      f"Op {op!r} is random and needs example['_rng'], a stateless seed "
+      "(int32/int64 [2]) that make_dataset adds; when calling ops directly "
+      "add one, e.g. example['_rng'] = tf.constant([0, 1], tf.int64)."
+    )
+  rng = example["_rng"]
+  if rng.shape.rank == 2:  # batched: derive the batch seed from row 0
+    new, sub = tf.unstack(tf.random.experimental.stateless_split(rng[0], 2))
+    return {**example, "_rng": tf.concat([new[None], rng[1:]], 0)}, sub
+  new, sub = tf.unstack(tf.random.experimental.stateless_split(rng, 2))
+  return {**example, "_rng": new}, sub
 
 
 def _hw(size, width=None) -> tuple[int, int]:
-    if width is not None:
-        size = (size, width)
-    elif isinstance(size, int):
-        size = (size, size)
-    if (not isinstance(size, (tuple, list)) or len(size) != 2
-            or not all(isinstance(s, int) and s > 0 for s in size)):
-        raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
-    return tuple(size)
+  if width is not None:
+    size = (size, width)
+  elif isinstance(size, int):
+    size = (size, size)
+  if (
+    not isinstance(size, (tuple, list))
+    or len(size) != 2
+    or not all(isinstance(s, int) and s > 0 for s in size)
+  ):
+    raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
+  return tuple(size)
 
 
 def _with_image(example: dict, image: tf.Tensor) -> dict:
-    return {**example, "image": image}
+  return {**example, "image": image}
 
 
 # ----------------------------------------------------------------- per-example ops
 
+
 @register("decode")
 def decode(channels: int = 0):
-    """Decodes encoded JPEG/PNG/... strings to uint8; no-op on decoded images.
+  """Decodes encoded JPEG/PNG/... strings to uint8; no-op on decoded images.
 
-    channels=0 keeps the stored number of channels.
-    """
-    def fn(ex):
-        img = ex["image"]
-        if img.dtype == tf.string:
-            img = tf.io.decode_image(img, channels=channels, expand_animations=False)
-        return _with_image(ex, img)
-    return fn
+  channels=0 keeps the stored number of channels.
+  """
+
+  def fn(ex):
+    img = ex["image"]
+    if img.dtype == tf.string:
+      img = tf.io.decode_image(img, channels=channels, expand_animations=False)
+    return _with_image(ex, img)
+
+  return fn
 
 
 @register("resize")
 def resize(size, width: int | None = None, method: str = "bilinear"):
-    """resize(size) or resize(h, w): float32 output in the input's value range."""
-    h, w = _hw(size, width)
+  """`resize(size)` or `resize(h, w)`: float32 output in the input's value range."""
+  h, w = _hw(size, width)
 
-    def fn(ex):
-        return _with_image(ex, tf.image.resize(ex["image"], (h, w), method=method))
-    return fn
+  def fn(ex):
+    return _with_image(ex, tf.image.resize(ex["image"], (h, w), method=method))
+
+  return fn
 
 
 @register("random_crop")
 def random_crop(size, width: int | None = None):
-    """Uniformly placed crop of (h, w); keeps dtype. Image must be large enough."""
-    h, w = _hw(size, width)
+  """Uniformly placed crop of (h, w); keeps dtype. Image must be large enough."""
+  h, w = _hw(size, width)
 
-    def fn(ex):
-        ex, seed = _take_rng(ex, "random_crop")
-        img = ex["image"]
-        img = tf.image.stateless_random_crop(img, [h, w, tf.shape(img)[-1]], seed=seed)
-        return _with_image(ex, img)
-    return fn
+  def fn(ex):
+    ex, seed = _take_rng(ex, "random_crop")
+    img = ex["image"]
+    img = tf.image.stateless_random_crop(img, [h, w, tf.shape(img)[-1]], seed=seed)
+    return _with_image(ex, img)
+
+  return fn
 
 
 @register("central_crop")
 def central_crop(size, width: int | None = None):
-    """Central (h, w) crop; odd margins put the extra pixel bottom/right."""
-    h, w = _hw(size, width)
+  """Central (h, w) crop; odd margins put the extra pixel bottom/right."""
+  h, w = _hw(size, width)
 
-    def fn(ex):
-        img = ex["image"]
-        shape = tf.shape(img)
-        top, left = (shape[0] - h) // 2, (shape[1] - w) // 2
-        img = img[top:top + h, left:left + w]
-        img.set_shape([h, w, ex["image"].shape[-1]])
-        return _with_image(ex, img)
-    return fn
+  def fn(ex):
+    img = ex["image"]
+    shape = tf.shape(img)
+    top, left = (shape[0] - h) // 2, (shape[1] - w) // 2
+    img = img[top : top + h, left : left + w]
+    img.set_shape([h, w, ex["image"].shape[-1]])
+    return _with_image(ex, img)
+
+  return fn
 
 
 @register("zoom_crop")
 def zoom_crop(fraction: float | None = None, key: str = "crop_fraction"):
-    """Central crop keeping `fraction` of the height and width, resized back.
+  """Central crop keeping `fraction` of the height and width, resized back.
 
-    The image keeps its size and dtype (integer images are rounded), so the crop
-    can follow any other op. Without `fraction`, each example's own fraction is
-    read from `example[key]` (the URL benchmark's per-image random crops, see
-    `keras_unc.evaluators.retrieval.CropFractionSource`).
-    """
-    if fraction is not None and not 0 < fraction <= 1:
-        raise ValueError(f"zoom_crop fraction must be in (0, 1], got {fraction}.")
+  The image keeps its size and dtype (integer images are rounded), so the crop
+  can follow any other op. Without `fraction`, each example's own fraction is
+  read from `example[key]` (the URL benchmark's per-image random crops, see
+  `keras_unc.evaluators.retrieval.CropFractionSource`).
+  """
+  if fraction is not None and not 0 < fraction <= 1:
+    raise ValueError(f"zoom_crop fraction must be in (0, 1], got {fraction}.")
 
-    def fn(ex):
-        if fraction is None and key not in ex:
-            raise ValueError(f"zoom_crop() without a fraction needs example[{key!r}]; "
-                             "pass one, e.g. zoom_crop(0.5).")
-        img = ex["image"]
-        f = tf.cast(fraction if fraction is not None else ex[key], tf.float32)
-        hw = tf.shape(img)[:2]
-        size = tf.maximum(tf.cast(tf.round(tf.cast(hw, tf.float32) * f), tf.int32), 1)
-        top_left = (hw - size) // 2
-        crop = tf.slice(img, tf.concat([top_left, [0]], 0), tf.concat([size, [-1]], 0))
-        out = tf.image.resize(crop, hw)
-        if img.dtype.is_integer:
-            out = tf.saturate_cast(tf.round(out), img.dtype)
-        else:
-            out = tf.cast(out, img.dtype)
-        out.set_shape(img.shape)
-        return _with_image(ex, out)
-    return fn
+  def fn(ex):
+    if fraction is None and key not in ex:
+      raise ValueError(
+        f"zoom_crop() without a fraction needs example[{key!r}]; pass one, e.g. zoom_crop(0.5)."
+      )
+    img = ex["image"]
+    f = tf.cast(fraction if fraction is not None else ex[key], tf.float32)
+    hw = tf.shape(img)[:2]
+    size = tf.maximum(tf.cast(tf.round(tf.cast(hw, tf.float32) * f), tf.int32), 1)
+    top_left = (hw - size) // 2
+    crop = tf.slice(img, tf.concat([top_left, [0]], 0), tf.concat([size, [-1]], 0))
+    out = tf.image.resize(crop, hw)
+    if img.dtype.is_integer:
+      out = tf.saturate_cast(tf.round(out), img.dtype)
+    else:
+      out = tf.cast(out, img.dtype)
+    out.set_shape(img.shape)
+    return _with_image(ex, out)
+
+  return fn
 
 
 @register("inception_crop")
 def inception_crop(size=None, area_min: float = 5, area_max: float = 100):
-    """Random crop of area_min..area_max percent (aspect 3/4..4/3), then resize.
+  """Random crop of area_min..area_max percent (aspect 3/4..4/3), then resize.
 
-    As in big_vision/Inception; size=None skips the resize (keeps dtype).
-    """
-    hw = _hw(size) if size is not None else None
-    if not 0 < area_min <= area_max <= 100:
-        raise ValueError("need 0 < area_min <= area_max <= 100")
+  As in big_vision/Inception; size=None skips the resize (keeps dtype).
+  """
+  hw = _hw(size) if size is not None else None
+  if not 0 < area_min <= area_max <= 100:
+    raise ValueError("need 0 < area_min <= area_max <= 100")
 
-    def fn(ex):
-        ex, seed = _take_rng(ex, "inception_crop")
-        img = ex["image"]
-        begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            tf.shape(img), tf.zeros([0, 0, 4], tf.float32), seed=seed,
-            area_range=(area_min / 100, area_max / 100), min_object_covered=0,
-            use_image_if_no_bounding_boxes=True)
-        crop = tf.slice(img, begin, crop_size)
-        crop.set_shape([None, None, img.shape[-1]])
-        if hw:
-            crop = tf.image.resize(crop, hw)
-        return _with_image(ex, crop)
-    return fn
+  def fn(ex):
+    ex, seed = _take_rng(ex, "inception_crop")
+    img = ex["image"]
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(img),
+      tf.zeros([0, 0, 4], tf.float32),
+      seed=seed,
+      area_range=(area_min / 100, area_max / 100),
+      min_object_covered=0,
+      use_image_if_no_bounding_boxes=True,
+    )
+    crop = tf.slice(img, begin, crop_size)
+    crop.set_shape([None, None, img.shape[-1]])
+    if hw:
+      crop = tf.image.resize(crop, hw)
+    return _with_image(ex, crop)
+
+  return fn
 
 
 @register("flip_lr")
 def flip_lr():
-    """Random horizontal flip with probability 1/2."""
-    def fn(ex):
-        ex, seed = _take_rng(ex, "flip_lr")
-        return _with_image(ex, tf.image.stateless_random_flip_left_right(ex["image"], seed))
-    return fn
+  """Random horizontal flip with probability 1/2."""
+
+  def fn(ex):
+    ex, seed = _take_rng(ex, "flip_lr")
+    return _with_image(ex, tf.image.stateless_random_flip_left_right(ex["image"], seed))
+
+  return fn
 
 
 @register("value_range")
-def value_range(vmin: float, vmax: float, in_min: float = 0, in_max: float = 255,
-                clip_values: bool = False):
-    """Linearly maps [in_min, in_max] to [vmin, vmax], as float32."""
-    if in_max == in_min:
-        raise ValueError("in_min and in_max must differ")
+def value_range(
+  vmin: float, vmax: float, in_min: float = 0, in_max: float = 255, clip_values: bool = False
+):
+  """Linearly maps [in_min, in_max] to [vmin, vmax], as float32."""
+  if in_max == in_min:
+    raise ValueError("in_min and in_max must differ")
 
-    def fn(ex):
-        img = (tf.cast(ex["image"], tf.float32) - in_min) / (in_max - in_min)
-        img = vmin + img * (vmax - vmin)
-        if clip_values:
-            img = tf.clip_by_value(img, min(vmin, vmax), max(vmin, vmax))
-        return _with_image(ex, img)
-    return fn
+  def fn(ex):
+    img = (tf.cast(ex["image"], tf.float32) - in_min) / (in_max - in_min)
+    img = vmin + img * (vmax - vmin)
+    if clip_values:
+      img = tf.clip_by_value(img, min(vmin, vmax), max(vmin, vmax))
+    return _with_image(ex, img)
+
+  return fn
 
 
 @register("gray_to_rgb")
 def gray_to_rgb():
-    """Repeats a single channel 3 times; no-op on 3-channel images."""
-    def fn(ex):
-        img = ex["image"]
-        c = img.shape[-1]
-        if c == 3:
-            return ex
-        if c not in (1, None):
-            raise ValueError(f"gray_to_rgb needs 1 or 3 channels, got {c}")
-        img = tf.tile(img, [1, 1, 3 // tf.shape(img)[-1]])  # 1 -> 3, 3 -> 3
-        img.set_shape(img.shape[:-1].concatenate([3]))
-        return _with_image(ex, img)
-    return fn
+  """Repeats a single channel 3 times; no-op on 3-channel images."""
+
+  def fn(ex):
+    img = ex["image"]
+    c = img.shape[-1]
+    if c == 3:
+      return ex
+    if c not in (1, None):
+      raise ValueError(f"gray_to_rgb needs 1 or 3 channels, got {c}")
+    img = tf.tile(img, [1, 1, 3 // tf.shape(img)[-1]])  # 1 -> 3, 3 -> 3
+    img.set_shape(img.shape[:-1].concatenate([3]))
+    return _with_image(ex, img)
+
+  return fn
 
 
 @register("onehot")
 def onehot(num_classes: int, label_smoothing: float = 0.0, key: str = "label"):
-    """float32 one-hot of ex[key]: (1 - ls) * onehot + ls / num_classes."""
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    off = label_smoothing / num_classes
-    on = 1.0 - label_smoothing + off
+  """float32 one-hot of ex[key]: (1 - ls) * onehot + ls / num_classes."""
+  if not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+  if not 0 <= label_smoothing < 1:
+    raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+  off = label_smoothing / num_classes
+  on = 1.0 - label_smoothing + off
 
-    def fn(ex):
-        return {**ex, key: tf.one_hot(ex[key], num_classes, on_value=on,
-                                      off_value=off, dtype=tf.float32)}
-    return fn
+  def fn(ex):
+    return {
+      **ex,
+      key: tf.one_hot(ex[key], num_classes, on_value=on, off_value=off, dtype=tf.float32),
+    }
+
+  return fn
 
 
 @register("keep")
 def keep(*keys: str):
-    """Keeps only `keys` (and the internal `_rng`, which the pipeline drops)."""
-    def fn(ex):
-        missing = [k for k in keys if k not in ex]
-        if missing:
-            raise ValueError(f"keep{keys}: missing keys {missing}; example has "
-                             f"{sorted(k for k in ex if k != '_rng')}")
-        return {k: ex[k] for k in keys + (("_rng",) if "_rng" in ex else ())}
-    return fn
+  """Keeps only `keys` (and the internal `_rng`, which the pipeline drops)."""
+
+  def fn(ex):
+    missing = [k for k in keys if k not in ex]
+    if missing:
+      raise ValueError(
+        f"keep{keys}: missing keys {missing}; example has {sorted(k for k in ex if k != '_rng')}"
+      )
+    return {k: ex[k] for k in keys + (("_rng",) if "_rng" in ex else ())}
+
+  return fn
 
 
 @register("randaugment")
 def randaugment(num_ops: int = 2, magnitude: float = 10):
-    """keras.layers.RandAugment on [0, 255] images; returns float32.
+  """keras.layers.RandAugment on [0, 255] images; returns float32.
 
-    magnitude in [0, 10] maps to Keras' factor = magnitude / 10. NOT
-    stateless: it draws from the layer's own Keras SeedGenerator, so it is not
-    reproducible across runs or after resume (it ignores `_rng`).
-    """
-    import keras
+  magnitude in [0, 10] maps to Keras' factor = magnitude / 10. NOT
+  stateless: it draws from the layer's own Keras SeedGenerator, so it is not
+  reproducible across runs or after resume (it ignores `_rng`).
+  """
+  import keras
 
-    if not 0 <= magnitude <= 10:
-        raise ValueError(f"magnitude must be in [0, 10], got {magnitude}")
-    layer = keras.layers.RandAugment(value_range=(0, 255), num_ops=num_ops,
-                                     factor=magnitude / 10)
+  if not 0 <= magnitude <= 10:
+    raise ValueError(f"magnitude must be in [0, 10], got {magnitude}")
+  layer = keras.layers.RandAugment(value_range=(0, 255), num_ops=num_ops, factor=magnitude / 10)
 
-    def fn(ex):
-        return _with_image(ex, layer(ex["image"]))
-    return fn
+  def fn(ex):
+    return _with_image(ex, layer(ex["image"]))
+
+  return fn
 
 
 # ----------------------------------------------------------------- batch ops
 
+
 def _seed_stream(seed: tf.Tensor):
-    """A Keras SeedGenerator that replays a stateless seed stream.
+  """A Keras SeedGenerator that replays a stateless seed stream.
 
-    Keras layers draw seeds with `next()`; returning fold_in(seed, i) for the
-    i-th draw (i counted at trace time) makes them stateless and distinct.
-    """
-    import keras
+  Keras layers draw seeds with `next()`; returning fold_in(seed, i) for the
+  i-th draw (i counted at trace time) makes them stateless and distinct.
+  """
+  import keras
 
-    class _Stream(keras.random.SeedGenerator):
-        def __init__(self):  # no super().__init__: no state variable wanted
-            self._count = 0
+  class _Stream(keras.random.SeedGenerator):
+    def __init__(self):  # no super().__init__: no state variable wanted
+      self._count = 0
 
-        def next(self, ordered=True):
-            self._count += 1
-            return tf.random.experimental.stateless_fold_in(seed, self._count)
+    def next(self, ordered=True):
+      self._count += 1
+      return tf.random.experimental.stateless_fold_in(seed, self._count)
 
-    return _Stream()
+  return _Stream()
 
 
 def _keras_batch_op(layer, name: str) -> Fn:
-    def fn(batch):
-        if batch["label"].shape.rank != 2:
-            raise ValueError(f"{name} needs one-hot labels [batch, classes]: "
-                             f"put onehot(num_classes) before it.")
-        batch, seed = _take_rng(batch, name)
-        images = tf.cast(batch["image"], tf.float32)
-        labels = tf.cast(batch["label"], tf.float32)
-        layer.backend.set_backend("tensorflow")  # as Keras does inside tf.data
-        try:
-            t = layer.get_random_transformation(
-                {"images": images, "labels": labels}, training=True,
-                seed=_seed_stream(seed))
-            images = layer.transform_images(images, t)
-            labels = layer.transform_labels(labels, t)
-        finally:
-            layer.backend.reset()
-        return {**batch, "image": images, "label": labels}
-    return fn
+  def fn(batch):
+    if batch["label"].shape.rank != 2:
+      raise ValueError(
+        f"{name} needs one-hot labels [batch, classes]: put onehot(num_classes) before it."
+      )
+    batch, seed = _take_rng(batch, name)
+    images = tf.cast(batch["image"], tf.float32)
+    labels = tf.cast(batch["label"], tf.float32)
+    layer.backend.set_backend("tensorflow")  # as Keras does inside tf.data
+    try:
+      t = layer.get_random_transformation(
+        {"images": images, "labels": labels}, training=True, seed=_seed_stream(seed)
+      )
+      images = layer.transform_images(images, t)
+      labels = layer.transform_labels(labels, t)
+    finally:
+      layer.backend.reset()
+    return {**batch, "image": images, "label": labels}
+
+  return fn
 
 
 @register("mixup", batched=True)
 def mixup(alpha: float = 0.2):
-    """keras.layers.MixUp on a batch (float32 out); stateless via `_rng`."""
-    import keras
+  """keras.layers.MixUp on a batch (float32 out); stateless via `_rng`."""
+  import keras
 
-    return _keras_batch_op(keras.layers.MixUp(alpha=alpha), "mixup")
+  return _keras_batch_op(keras.layers.MixUp(alpha=alpha), "mixup")
 
 
 @register("cutmix", batched=True)
 def cutmix(alpha: float = 1.0):
-    """keras.layers.CutMix(factor=alpha) on a batch (float32 out); stateless."""
-    import keras
+  """keras.layers.CutMix(factor=alpha) on a batch (float32 out); stateless."""
+  import keras
 
-    return _keras_batch_op(keras.layers.CutMix(factor=alpha), "cutmix")
+  return _keras_batch_op(keras.layers.CutMix(factor=alpha), "cutmix")
 
 
 # ----------------------------------------------------------------- multi-view (SSL) ops
 
+
 @register("views")
 def views(num_views: int = 2, ops=()):
-    """Stacks `num_views` independently augmented copies of the image: `[V, H, W, C]`.
+  """Stacks `num_views` independently augmented copies of the image: `[V, H, W, C]`.
 
-    `ops` is an op string or a list of op strings (no "|" inside the outer string), e.g.
-    `views(2, ['inception_crop(224)', 'flip_lr'])`; each view draws its own seeds from
-    `_rng`. The views must have one shape (end with a fixed-size crop or resize). Put
-    `flatten_views` last so the batch becomes `[B * V, ...]` with the views of one image
-    in consecutive rows (URL `--ssl`: rows (2k, 2k+1) are a positive pair).
-    """
-    if not isinstance(num_views, int) or num_views < 1:
-        raise ValueError(f"views needs num_views >= 1, got {num_views!r}")
-    spec = ops if isinstance(ops, str) else "|".join(ops)
-    inner = parse_ops(spec)
-    if inner.batch_ops:
-        raise ValueError(f"views({num_views}, {ops!r}): only per-example ops can be applied "
-                         "per view.")
+  `ops` is an op string or a list of op strings (no "|" inside the outer string), e.g.
+  `views(2, ['inception_crop(224)', 'flip_lr'])`; each view draws its own seeds from
+  `_rng`. The views must have one shape (end with a fixed-size crop or resize). Put
+  `flatten_views` last so the batch becomes `[B * V, ...]` with the views of one image
+  in consecutive rows (URL `--ssl`: rows (2k, 2k+1) are a positive pair).
+  """
+  if not isinstance(num_views, int) or num_views < 1:
+    raise ValueError(f"views needs num_views >= 1, got {num_views!r}")
+  spec = ops if isinstance(ops, str) else "|".join(ops)
+  inner = parse_ops(spec)
+  if inner.batch_ops:
+    raise ValueError(f"views({num_views}, {ops!r}): only per-example ops can be applied per view.")
 
-    def fn(ex):
-        ex, seed = _take_rng(ex, "views")
-        seeds = tf.random.experimental.stateless_split(seed, num_views)
-        images = [inner.example_fn({**ex, "_rng": seeds[i]})["image"]
-                  for i in range(num_views)]
-        images = [tf.cast(im, tf.float32) for im in images]
-        return _with_image(ex, tf.stack(images, 0))
-    return fn
+  def fn(ex):
+    ex, seed = _take_rng(ex, "views")
+    seeds = tf.random.experimental.stateless_split(seed, num_views)
+    images = [inner.example_fn({**ex, "_rng": seeds[i]})["image"] for i in range(num_views)]
+    images = [tf.cast(im, tf.float32) for im in images]
+    return _with_image(ex, tf.stack(images, 0))
+
+  return fn
 
 
 @register("flatten_views", batched=True)
 def flatten_views():
-    """`[B, V, H, W, C]` views (from `views`) -> `[B * V, H, W, C]`; labels repeated V times,
-    so the V views of example i are rows `[i*V, (i+1)*V)`."""
-    def fn(batch):
-        images = batch["image"]
-        if images.shape.rank != 5:
-            raise ValueError("flatten_views needs stacked views [batch, views, H, W, C]: put "
-                             "views(2, [...]) before it.")
-        v = images.shape[1]
-        flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], 0))
-        flat.set_shape([None if images.shape[0] is None else images.shape[0] * v]
-                       + images.shape[2:].as_list())
-        return {**batch, "image": flat, "label": tf.repeat(batch["label"], v, axis=0)}
-    return fn
+  """`[B, V, H, W, C]` views (from `views`) -> `[B * V, H, W, C]`; labels repeated V times,
+  so the V views of example i are rows `[i*V, (i+1)*V)`.
+  """
+
+  def fn(batch):
+    images = batch["image"]
+    if images.shape.rank != 5:
+      raise ValueError(
+        "flatten_views needs stacked views [batch, views, H, W, C]: put views(2, [...]) before it."
+      )
+    v = images.shape[1]
+    flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], 0))
+    flat.set_shape(
+      [None if images.shape[0] is None else images.shape[0] * v] + images.shape[2:].as_list()
+    )
+    return {**batch, "image": flat, "label": tf.repeat(batch["label"], v, axis=0)}
+
+  return fn

@@ -23,133 +23,158 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def _sharding(batch_size: int, ctx: tf.distribute.InputContext | None):
-    """Returns (num_pipelines, pipeline_id, per_replica_batch)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if ctx is None:
-        return 1, 0, batch_size
-    r = ctx.num_replicas_in_sync
-    if batch_size % r:
-        raise ValueError(
-            f"Global batch_size={batch_size} is not divisible by the "
-            f"{r} replicas in sync; use a multiple of {r} "
-            f"(e.g. {batch_size - batch_size % r or r}).")
-    return ctx.num_input_pipelines, ctx.input_pipeline_id, ctx.get_per_replica_batch_size(batch_size)
+  """Returns (num_pipelines, pipeline_id, per_replica_batch)."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  if ctx is None:
+    return 1, 0, batch_size
+  r = ctx.num_replicas_in_sync
+  if batch_size % r:
+    raise ValueError(
+      f"Global batch_size={batch_size} is not divisible by the "
+      f"{r} replicas in sync; use a multiple of {r} "
+      f"(e.g. {batch_size - batch_size % r or r})."
+    )
+  return ctx.num_input_pipelines, ctx.input_pipeline_id, ctx.get_per_replica_batch_size(batch_size)
 
 
 def _epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
-    """A per-epoch int64 shuffle seed, a hash of (seed, epoch)."""
-    s = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
-    return tf.random.stateless_uniform([], seed=s, minval=None, maxval=None, dtype=tf.int64)
+  """A per-epoch int64 shuffle seed, a hash of (seed, epoch)."""
+  s = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+  return tf.random.stateless_uniform([], seed=s, minval=None, maxval=None, dtype=tf.int64)
 
 
-def _train_stream(source: Source, split: str, seed: int, n_pipes: int, pipe_id: int,
-                  n: int, n_local: int, skip: int, shuffle_buffer: int) -> tf.data.Dataset:
-    """Infinite stream of (position, example-or-index) for this input pipeline."""
-    epoch0, offset = divmod(skip, n_local)
+def _train_stream(
+  source: Source,
+  split: str,
+  seed: int,
+  n_pipes: int,
+  pipe_id: int,
+  n: int,
+  n_local: int,
+  skip: int,
+  shuffle_buffer: int,
+) -> tf.data.Dataset:
+  """Infinite stream of (position, example-or-index) for this input pipeline."""
+  epoch0, offset = divmod(skip, n_local)
 
-    def start_of(e):  # only the first (resumed) epoch starts inside
-        return tf.where(e == epoch0, tf.constant(offset, tf.int64), tf.constant(0, tf.int64))
+  def start_of(e):  # only the first (resumed) epoch starts inside
+    return tf.where(e == epoch0, tf.constant(offset, tf.int64), tf.constant(0, tf.int64))
 
-    if source.random_access:
-        def epoch(e):
-            # A global permutation strided over pipelines: disjoint shards that
-            # change every epoch, and O(1) resume (we only slice indices).
-            perm = tf.random.experimental.stateless_shuffle(
-                tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e]))
-            start = start_of(e)
-            idx = perm[pipe_id::n_pipes][start:]
-            pos = e * n_local + tf.range(start, n_local, dtype=tf.int64)
-            return tf.data.Dataset.from_tensor_slices((pos, idx))
-    else:
-        # Static shard, then shuffle within each pipeline's share.
-        shard = source.load(split).shard(n_pipes, pipe_id)
+  if source.random_access:
 
-        def epoch(e):
-            # The epoch seed alone fixes the order: with TF's global seed set to 0
-            # (keras.utils.set_random_seed(0), the trainer's default) tf.data's seed
-            # helper would test `tensor == 0` in Python and fail while tracing.
-            tf.compat.v1.get_default_graph().seed = None
-            ds = shard.shuffle(shuffle_buffer, seed=_epoch_seed(seed, e),
-                               reshuffle_each_iteration=False)
-            start = start_of(e)
-            pos = tf.data.Dataset.range(e * n_local + start, (e + 1) * n_local)
-            return tf.data.Dataset.zip(pos, ds.skip(start))
+    def epoch(e):
+      # A global permutation strided over pipelines: disjoint shards that
+      # change every epoch, and O(1) resume (we only slice indices).
+      perm = tf.random.experimental.stateless_shuffle(
+        tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e])
+      )
+      start = start_of(e)
+      idx = perm[pipe_id::n_pipes][start:]
+      pos = e * n_local + tf.range(start, n_local, dtype=tf.int64)
+      return tf.data.Dataset.from_tensor_slices((pos, idx))
+  else:
+    # Static shard, then shuffle within each pipeline's share.
+    shard = source.load(split).shard(n_pipes, pipe_id)
 
-    return tf.data.Dataset.counter(epoch0).flat_map(epoch)
+    def epoch(e):
+      # The epoch seed alone fixes the order: with TF's global seed set to 0
+      # (keras.utils.set_random_seed(0), the trainer's default) tf.data's seed
+      # helper would test `tensor == 0` in Python and fail while tracing.
+      tf.compat.v1.get_default_graph().seed = None
+      ds = shard.shuffle(shuffle_buffer, seed=_epoch_seed(seed, e), reshuffle_each_iteration=False)
+      start = start_of(e)
+      pos = tf.data.Dataset.range(e * n_local + start, (e + 1) * n_local)
+      return tf.data.Dataset.zip(pos, ds.skip(start))
+
+  return tf.data.Dataset.counter(epoch0).flat_map(epoch)
 
 
-def make_dataset(source: Source, split: str, preprocess: str, batch_size: int, *,
-                 train: bool, seed: int = 0, start_step: int = 0,
-                 input_context: tf.distribute.InputContext | None = None,
-                 shuffle_buffer: int = 50_000,
-                 drop_remainder: bool | None = None) -> tf.data.Dataset:
-    """Builds the input pipeline yielding `(image, label)` batches for Keras.
+def make_dataset(
+  source: Source,
+  split: str,
+  preprocess: str,
+  batch_size: int,
+  *,
+  train: bool,
+  seed: int = 0,
+  start_step: int = 0,
+  input_context: tf.distribute.InputContext | None = None,
+  shuffle_buffer: int = 50_000,
+  drop_remainder: bool | None = None,
+) -> tf.data.Dataset:
+  """Builds the input pipeline yielding `(image, label)` batches for Keras.
 
-    Args:
-      source: a `Source` (see `get_source`).
-      split: split name, slices allowed ("train[:50000]").
-      preprocess: op string for `parse_ops` ("" for raw examples).
-      batch_size: GLOBAL batch size; with `input_context` each pipeline yields
-        per-replica batches of `batch_size / num_replicas_in_sync`.
-      train: True: infinite, reshuffled every epoch; False: one ordered pass.
-      seed: seeds shuffling and the per-example augmentation seeds.
-      start_step: global batches already consumed (resume); train only.
-      input_context: from `tf.distribute`; shards examples across pipelines.
-      shuffle_buffer: shuffle buffer for streamed (TFDS) sources only;
-        in-memory sources are permuted exactly.
-      drop_remainder: default True for train (static batch dim), else False.
-    """
-    pre = parse_ops(preprocess)
-    n_pipes, pipe_id, per_batch = _sharding(batch_size, input_context)
-    if drop_remainder is None:
-        drop_remainder = train
-    if start_step < 0 or (start_step and not train):
-        raise ValueError(f"start_step={start_step}: must be >= 0, and 0 when train=False.")
-    n = source.num_examples(split)
-    n_local = len(range(pipe_id, n, n_pipes))
-    if n == 0:
-        raise ValueError(f"Dataset {source.name}/{split} is empty (0 examples): check the "
-                         "split name and slice (e.g. 'train[:90%]', not 'train[100%:]') and "
-                         "that the data was prepared (launch/fetch_data.sh, tfds build).")
-    if n_local == 0:
-        raise ValueError(f"{source.name}/{split} has {n} examples: nothing left "
-                         f"for input pipeline {pipe_id} of {n_pipes}.")
+  Args:
+    source: a `Source` (see `get_source`).
+    split: split name, slices allowed ("train[:50000]").
+    preprocess: op string for `parse_ops` ("" for raw examples).
+    batch_size: GLOBAL batch size; with `input_context` each pipeline yields
+      per-replica batches of `batch_size / num_replicas_in_sync`.
+    train: True: infinite, reshuffled every epoch; False: one ordered pass.
+    seed: seeds shuffling and the per-example augmentation seeds.
+    start_step: global batches already consumed (resume); train only.
+    input_context: from `tf.distribute`; shards examples across pipelines.
+    shuffle_buffer: shuffle buffer for streamed (TFDS) sources only;
+      in-memory sources are permuted exactly.
+    drop_remainder: default True for train (static batch dim), else False.
+  """
+  pre = parse_ops(preprocess)
+  n_pipes, pipe_id, per_batch = _sharding(batch_size, input_context)
+  if drop_remainder is None:
+    drop_remainder = train
+  if start_step < 0 or (start_step and not train):
+    raise ValueError(f"start_step={start_step}: must be >= 0, and 0 when train=False.")
+  n = source.num_examples(split)
+  n_local = len(range(pipe_id, n, n_pipes))
+  if n == 0:
+    raise ValueError(
+      f"Dataset {source.name}/{split} is empty (0 examples): check the "
+      "split name and slice (e.g. 'train[:90%]', not 'train[100%:]') and "
+      "that the data was prepared (launch/fetch_data.sh, tfds build)."
+    )
+  if n_local == 0:
+    raise ValueError(
+      f"{source.name}/{split} has {n} examples: nothing left "
+      f"for input pipeline {pipe_id} of {n_pipes}."
+    )
 
-    if train:
-        skip = start_step * (batch_size // n_pipes)
-        ds = _train_stream(source, split, seed, n_pipes, pipe_id, n, n_local,
-                           skip, shuffle_buffer)
-    else:
-        ds = source.load(split).shard(n_pipes, pipe_id).enumerate()
+  if train:
+    skip = start_step * (batch_size // n_pipes)
+    ds = _train_stream(source, split, seed, n_pipes, pipe_id, n, n_local, skip, shuffle_buffer)
+  else:
+    ds = source.load(split).shard(n_pipes, pipe_id).enumerate()
 
-    if source.random_access and train:
-        lookup = source.train_lookup(split, seed)
-    base_rng = tf.constant([seed, pipe_id], tf.int64)
+  if source.random_access and train:
+    lookup = source.train_lookup(split, seed)
+  base_rng = tf.constant([seed, pipe_id], tf.int64)
 
-    def per_example(pos, ex):
-        if not isinstance(ex, dict):  # an index into the in-memory arrays
-            ex = lookup(ex, pos // n_local)  # (index, epoch) -> example
-        ex = dict(ex, _rng=tf.random.experimental.stateless_fold_in(base_rng, pos))
-        return pre.example_fn(ex)
+  def per_example(pos, ex):
+    if not isinstance(ex, dict):  # an index into the in-memory arrays
+      ex = lookup(ex, pos // n_local)  # (index, epoch) -> example
+    ex = dict(ex, _rng=tf.random.experimental.stateless_fold_in(base_rng, pos))
+    return pre.example_fn(ex)
 
-    def per_batch_fn(batch):
-        batch = pre.batch_fn(batch)
-        rank = batch["image"].shape.rank
-        want = 2 if getattr(source, "holds_embeddings", False) else 4  # `cached:`: [B, D].
-        if rank is not None and rank != want:  # Caught while tracing, before any step runs.
-            raise ValueError(
-                f"Images of {source.name}/{split} have shape {batch['image'].shape[1:]} after "
-                f"preprocessing {preprocess!r}; expected [height, width, channels]. Give "
-                "gray images a channel axis ([H, W] -> [H, W, 1]), check get_source.image_key, "
-                "or fix the preprocessing ops.")
-        missing = {"image", "label"} - set(batch)
-        if missing:
-            raise ValueError(f"Preprocessing {preprocess!r} dropped keys {sorted(missing)}; "
-                             "the pipeline yields (image, label).")
-        return batch["image"], batch["label"]
+  def per_batch_fn(batch):
+    batch = pre.batch_fn(batch)
+    rank = batch["image"].shape.rank
+    want = 2 if getattr(source, "holds_embeddings", False) else 4  # `cached:`: [B, D].
+    if rank is not None and rank != want:  # Caught while tracing, before any step runs.
+      raise ValueError(
+        f"Images of {source.name}/{split} have shape {batch['image'].shape[1:]} after "
+        f"preprocessing {preprocess!r}; expected [height, width, channels]. Give "
+        "gray images a channel axis ([H, W] -> [H, W, 1]), check get_source.image_key, "
+        "or fix the preprocessing ops."
+      )
+    missing = {"image", "label"} - set(batch)
+    if missing:
+      raise ValueError(
+        f"Preprocessing {preprocess!r} dropped keys {sorted(missing)}; "
+        "the pipeline yields (image, label)."
+      )
+    return batch["image"], batch["label"]
 
-    ds = ds.map(per_example, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.batch(per_batch, drop_remainder=drop_remainder)
-    ds = ds.map(per_batch_fn, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.prefetch(AUTOTUNE)
+  ds = ds.map(per_example, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.batch(per_batch, drop_remainder=drop_remainder)
+  ds = ds.map(per_batch_fn, num_parallel_calls=AUTOTUNE, deterministic=True)
+  return ds.prefetch(AUTOTUNE)

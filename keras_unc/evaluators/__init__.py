@@ -10,7 +10,14 @@ from keras_unc.evaluators.shift import ShiftEvaluator
 from keras_unc.evaluators.soft_labels import SoftLabelEvaluator
 
 __all__ = [
-    "ClassificationEvaluator", "Evaluator", "FewShotEvaluator", "OODEvaluator", "Predictor",
-    "RetrievalEvaluator", "SavedModelNetwork", "ShiftEvaluator", "SoftLabelEvaluator",
-    "evaluate_export",
+  "ClassificationEvaluator",
+  "Evaluator",
+  "FewShotEvaluator",
+  "OODEvaluator",
+  "Predictor",
+  "RetrievalEvaluator",
+  "SavedModelNetwork",
+  "ShiftEvaluator",
+  "SoftLabelEvaluator",
+  "evaluate_export",
 ]

@@ -7,6 +7,8 @@ evaluator may also implement `figures(predict) -> {name: RGBA uint8 array or mat
 figure}`, written by `runner.run_round` as PNG files and TensorBoard images.
 """
 
+from __future__ import annotations
+
 import gin
 import keras
 import numpy as np
@@ -107,12 +109,14 @@ class Predictor:
       strategy = strategy or tf.distribute.get_strategy()
       with strategy.scope():
         self._model = _LabelledPredict(
-            self.network, getattr(self.network, "image_dtype", "float32"), self.jit_compile)
+          self.network, getattr(self.network, "image_dtype", "float32"), self.jit_compile
+        )
     return self._model
 
   def __call__(self, dataset, split, preprocess="", cache=True):
     """`(outputs, labels)` of one split; `cache=False` does not keep a new prediction
-    (for large one-off sets such as the 75 ImageNet-C configurations)."""
+    (for large one-off sets such as the 75 ImageNet-C configurations).
+    """
     key = self._key(dataset, split, preprocess)
     if key in self._cache:
       return self._cache[key]
@@ -131,7 +135,8 @@ class Evaluator:
 
   name = "evaluator"
 
-  def evaluate(self, predict):
+  def evaluate(self, predict: Predictor) -> dict[str, float]:
+    """Metrics `{name: value}` computed from the predictor's output dicts."""
     raise NotImplementedError
 
 

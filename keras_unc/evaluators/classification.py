@@ -3,8 +3,9 @@
 import gin
 import numpy as np
 
-from keras_unc import metrics, plots
+from keras_unc import metrics
 from keras_unc.evaluators.base import Evaluator, hard_labels
+from keras_unc.reporting import plots
 
 
 def fraction_name(fraction):
@@ -39,8 +40,17 @@ class ClassificationEvaluator(Evaluator):
 
   name = "classification"
 
-  def __init__(self, dataset, split="test", prefix=None, preprocess="", num_bins=15,
-               oracle_fractions=(0.005, 0.01, 0.02, 0.05), top_k=(5,), plot=True):
+  def __init__(
+    self,
+    dataset,
+    split="test",
+    prefix=None,
+    preprocess="",
+    num_bins=15,
+    oracle_fractions=(0.005, 0.01, 0.02, 0.05),
+    top_k=(5,),
+    plot=True,
+  ):
     self.dataset, self.split, self.preprocess = dataset, split, preprocess
     self.prefix = prefix or split.split("[")[0]
     self.num_bins = num_bins
@@ -54,9 +64,12 @@ class ClassificationEvaluator(Evaluator):
 
   def evaluate(self, predict):
     outputs, labels = self._predict(predict)
-    return {f"{self.prefix}/{k}": v for k, v in
-            classification_metrics(outputs, labels, self.num_bins, self.oracle_fractions,
-                                   self.top_k).items()}
+    return {
+      f"{self.prefix}/{k}": v
+      for k, v in classification_metrics(
+        outputs, labels, self.num_bins, self.oracle_fractions, self.top_k
+      ).items()
+    }
 
   def figures(self, predict):
     if not self.plot:
@@ -67,15 +80,18 @@ class ClassificationEvaluator(Evaluator):
     coverage, accuracy = metrics.accuracy_coverage_curve(p, labels, u)
     where = f"{self.dataset} {self.split}"
     return {
-        f"{self.prefix}/reliability_diagram": plots.reliability_diagram(
-            bins, f"Reliability diagram ({where})"),
-        f"{self.prefix}/accuracy_coverage": plots.accuracy_coverage(
-            coverage, accuracy, f"Accuracy-coverage ({where})"),
+      f"{self.prefix}/reliability_diagram": plots.reliability_diagram(
+        bins, f"Reliability diagram ({where})"
+      ),
+      f"{self.prefix}/accuracy_coverage": plots.accuracy_coverage(
+        coverage, accuracy, f"Accuracy-coverage ({where})"
+      ),
     }
 
 
-def classification_metrics(outputs, labels, num_bins=15,
-                           oracle_fractions=(0.005, 0.01, 0.02, 0.05), top_k=(5,)):
+def classification_metrics(
+  outputs, labels, num_bins=15, oracle_fractions=(0.005, 0.01, 0.02, 0.05), top_k=(5,)
+):
   """The metrics of `ClassificationEvaluator` (unprefixed) from outputs and int labels."""
   p = outputs["probs"]
   u = outputs.get("uncertainty")
@@ -88,15 +104,18 @@ def classification_metrics(outputs, labels, num_bins=15,
   found["ece"] = metrics.expected_calibration_error(p, labels, num_bins)
   found["brier"] = metrics.brier_score(p, labels)
   wrong = int(np.sum(p.argmax(axis=1) != labels))
-  found["calibration_auroc"] = (metrics.calibration_auroc(p, labels, u)
-                                if 0 < wrong < len(labels) else float("nan"))
+  found["calibration_auroc"] = (
+    metrics.calibration_auroc(p, labels, u) if 0 < wrong < len(labels) else float("nan")
+  )
   for fraction in oracle_fractions:
-    found[f"oracle_accuracy_{fraction_name(fraction)}"] = (
-        metrics.oracle_collaborative_accuracy(p, labels, fraction, u))
+    found[f"oracle_accuracy_{fraction_name(fraction)}"] = metrics.oracle_collaborative_accuracy(
+      p, labels, fraction, u
+    )
   found["aurc"] = metrics.aurc(p, labels, u)
   logits = outputs.get("logits")
   if logits is not None and logits.ndim == 3 and logits.shape[1] > 1:
     found.update(metrics.member_metrics(logits, labels, per_member=True))
-    found.update({f"diversity_{k}": v for k, v in
-                  metrics.ensemble_diversity(logits, from_logits=True).items()})
+    found.update(
+      {f"diversity_{k}": v for k, v in metrics.ensemble_diversity(logits, from_logits=True).items()}
+    )
   return found

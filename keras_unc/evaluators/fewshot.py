@@ -29,14 +29,17 @@ class FewShotEvaluator(Evaluator):
 
   name = "fewshot"
 
-  def __init__(self, datasets, shots=(1, 5, 10, 25), seeds=(0, 1, 2), l2_reg=2.0**10,
-               prefix="fewshot"):
+  def __init__(
+    self, datasets, shots=(1, 5, 10, 25), seeds=(0, 1, 2), l2_reg=2.0**10, prefix="fewshot"
+  ):
     self.datasets = {}
     for name, spec in dict(datasets).items():
       spec = tuple(spec)
       if len(spec) not in (3, 4):
-        raise ValueError(f"Few-shot dataset {name!r}: expected (dataset, train_split, "
-                         f"test_split[, preprocess]), got {spec!r}.")
+        raise ValueError(
+          f"Few-shot dataset {name!r}: expected (dataset, train_split, "
+          f"test_split[, preprocess]), got {spec!r}."
+        )
       self.datasets[name] = spec if len(spec) == 4 else spec + ("",)
     self.shots, self.seeds = tuple(shots), tuple(seeds)
     self.l2_reg, self.prefix = l2_reg, prefix
@@ -56,8 +59,13 @@ class FewShotEvaluator(Evaluator):
           except ValueError as e:
             raise ValueError(f"Few-shot dataset {name!r} ({dataset} {train_split}): {e}") from e
           acc = metrics.fewshot_ridge_accuracy(
-              train["embedding"][idx], train_labels[idx], test["embedding"], test_labels,
-              self.l2_reg, num_classes)
+            train["embedding"][idx],
+            train_labels[idx],
+            test["embedding"],
+            test_labels,
+            self.l2_reg,
+            num_classes,
+          )
           results[f"{self.prefix}/{name}_{shots}shot_seed{seed}"] = acc
           found.append(acc)
         results[f"{self.prefix}/{name}_{shots}shot"] = float(np.mean(found))

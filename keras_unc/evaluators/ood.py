@@ -1,16 +1,18 @@
 """Out-of-distribution detection: AUROC / AUPR / FPR95 of several OOD scores per OOD set."""
 
+import logging
 import warnings
 
 import gin
 import numpy as np
-from absl import logging
 
-from keras_unc import metrics, plots
+from keras_unc import metrics
 from keras_unc.evaluators.base import Evaluator, hard_labels, split_spec
+from keras_unc.reporting import plots
 
-SCORES = ("uncertainty", "msp", "entropy", "max_logit", "mahalanobis",
-          "relative_mahalanobis")
+log = logging.getLogger(__name__)
+
+SCORES = ("uncertainty", "msp", "entropy", "max_logit", "mahalanobis", "relative_mahalanobis")
 _MAHALANOBIS = ("mahalanobis", "relative_mahalanobis")
 
 
@@ -46,9 +48,19 @@ class OODEvaluator(Evaluator):
 
   name = "ood"
 
-  def __init__(self, in_dataset, in_split="test", ood=None, preprocess="", scores=SCORES,
-               train_dataset=None, train_split="train", train_preprocess=None,
-               max_train_examples=None, plot=True):
+  def __init__(
+    self,
+    in_dataset,
+    in_split="test",
+    ood=None,
+    preprocess="",
+    scores=SCORES,
+    train_dataset=None,
+    train_split="train",
+    train_preprocess=None,
+    max_train_examples=None,
+    plot=True,
+  ):
     self.in_dataset, self.in_split, self.preprocess = in_dataset, in_split, preprocess
     self.ood = {name: split_spec(spec, preprocess) for name, spec in dict(ood or {}).items()}
     self.scores = tuple(scores)
@@ -68,8 +80,10 @@ class OODEvaluator(Evaluator):
     for name, spec in self.ood.items():
       if spec == in_key:
         self._warned.add(name)
-        _warn(f"OOD set {name!r} {spec} is the in-distribution set itself: its OOD metrics "
-              "measure nothing (AUROC 0.5).")
+        _warn(
+          f"OOD set {name!r} {spec} is the in-distribution set itself: its OOD metrics "
+          "measure nothing (AUROC 0.5)."
+        )
 
   def _train_data(self, predict):
     split, n = self.train_split, self.max_train_examples
@@ -94,8 +108,11 @@ class OODEvaluator(Evaluator):
         if "embedding" not in outputs:
           raise ValueError(f"OOD score {kind!r} needs the network output 'embedding'.")
       scores = metrics.mahalanobis_scores(
-          train_emb, train_labels, np.concatenate([o["embedding"] for o in sets]),
-          relative=kind == "relative_mahalanobis")
+        train_emb,
+        train_labels,
+        np.concatenate([o["embedding"] for o in sets]),
+        relative=kind == "relative_mahalanobis",
+      )
       sizes = np.cumsum([len(o["embedding"]) for o in sets])[:-1]
       parts = np.split(scores, sizes)
       cache[kind] = {"__in__": parts[0], **dict(zip(outsides, parts[1:]))}
@@ -119,8 +136,10 @@ class OODEvaluator(Evaluator):
       outsides[name], _ = predict(dataset, split, ops)
       if name not in self._warned and _same_outputs(inside, outsides[name]):
         self._warned.add(name)
-        _warn(f"OOD set {name!r} gives exactly the in-distribution outputs: it is probably "
-              "the same data, and its OOD metrics measure nothing.")
+        _warn(
+          f"OOD set {name!r} gives exactly the in-distribution outputs: it is probably "
+          "the same data, and its OOD metrics measure nothing."
+        )
     return inside, outsides
 
   def scores_of(self, predict, kind):
@@ -128,8 +147,10 @@ class OODEvaluator(Evaluator):
     inside, outsides = self._predict_all(predict)
     if kind in _MAHALANOBIS:
       return self._mahalanobis(predict, kind, inside, outsides)
-    return {"__in__": self._score(inside, kind),
-            **{name: self._score(out, kind) for name, out in outsides.items()}}
+    return {
+      "__in__": self._score(inside, kind),
+      **{name: self._score(out, kind) for name, out in outsides.items()},
+    }
 
   def evaluate(self, predict):
     results = {}
@@ -146,10 +167,16 @@ class OODEvaluator(Evaluator):
       return {}
     kind = "uncertainty" if "uncertainty" in self.scores else self.scores[0]
     found = self.scores_of(predict, kind)
-    return {f"ood_{name}/{kind}_histogram": plots.score_histogram(
-        found["__in__"], found[name], f"{kind}: {self.in_dataset} vs {name}",
-        label_in=f"{self.in_dataset} (in)", label_out=f"{name} (OOD)")
-            for name in self.ood}
+    return {
+      f"ood_{name}/{kind}_histogram": plots.score_histogram(
+        found["__in__"],
+        found[name],
+        f"{kind}: {self.in_dataset} vs {name}",
+        label_in=f"{self.in_dataset} (in)",
+        label_out=f"{name} (OOD)",
+      )
+      for name in self.ood
+    }
 
 
 def _same_outputs(a, b):
@@ -158,5 +185,5 @@ def _same_outputs(a, b):
 
 
 def _warn(message):
-  logging.warning(message)
+  log.warning(message)
   warnings.warn(message, UserWarning, stacklevel=3)

@@ -5,10 +5,11 @@ Benchmark for Transferable Uncertainty Estimates", NeurIPS Datasets and Benchmar
 Kirchhof et al. (2024), "Pretrained Visual Uncertainties".
 """
 
+import logging
+
 import gin
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from keras_unc import metrics
 from keras_unc.data import Source, get_source
@@ -16,20 +17,22 @@ from keras_unc.data.sources import TfdsSource
 from keras_unc.evaluators.base import Evaluator, hard_labels, split_spec
 from keras_unc.metrics.soft_labels import _average_ranks
 
+log = logging.getLogger(__name__)
+
 # URL / VTAB downstream sets by short name: (dataset, split, label feature, soft-label feature).
 PRESETS = {
-    "cub": ("tfds:caltech_birds2011", "test", "label", None),
-    "cars": ("tfds:cars196", "test", "label", None),
-    "sop": ("tfds:stanford_online_products", "test", "class_id", None),
-    "cifar10h": ("tfds:cifar10_h", "test", "label", "soft_label"),
-    "caltech101": ("tfds:caltech101", "test", "label", None),
-    "cifar100": ("tfds:cifar100", "test", "label", None),
-    "dtd": ("tfds:dtd", "test", "label", None),
-    "oxford_flowers102": ("tfds:oxford_flowers102", "test", "label", None),
-    "oxford_iiit_pet": ("tfds:oxford_iiit_pet", "test", "label", None),
-    "resisc45": ("tfds:resisc45", "train", "label", None),  # TFDS has only "train".
-    "sun397": ("tfds:sun397", "test", "label", None),
-    "svhn": ("tfds:svhn_cropped", "test", "label", None),
+  "cub": ("tfds:caltech_birds2011", "test", "label", None),
+  "cars": ("tfds:cars196", "test", "label", None),
+  "sop": ("tfds:stanford_online_products", "test", "class_id", None),
+  "cifar10h": ("tfds:cifar10_h", "test", "label", "soft_label"),
+  "caltech101": ("tfds:caltech101", "test", "label", None),
+  "cifar100": ("tfds:cifar100", "test", "label", None),
+  "dtd": ("tfds:dtd", "test", "label", None),
+  "oxford_flowers102": ("tfds:oxford_flowers102", "test", "label", None),
+  "oxford_iiit_pet": ("tfds:oxford_iiit_pet", "test", "label", None),
+  "resisc45": ("tfds:resisc45", "train", "label", None),  # TFDS has only "train".
+  "sun397": ("tfds:sun397", "test", "label", None),
+  "svhn": ("tfds:svhn_cropped", "test", "label", None),
 }
 # Soft-label features read automatically for these datasets (URL `rcorr_entropy`).
 SOFT_LABEL_KEYS = {"tfds:cifar10_h": "soft_label"}
@@ -48,15 +51,15 @@ def spearman(a, b):
 def _auroc_or_nan(scores, positives, what):
   positives = np.asarray(positives, bool)
   if positives.all() or not positives.any():
-    logging.warning("%s is undefined (all %d examples in one class): NaN.", what,
-                    positives.size)
+    log.warning("%s is undefined (all %d examples in one class): NaN.", what, positives.size)
     return float("nan")
   return metrics.auroc(scores, positives)
 
 
 def crop_fractions(n, low, high, seed=0):
   """The per-image fractions kept by the crops: `U[low, high)`, fixed by `seed` and `n`
-  (like URL's stored random crops, so every evaluation round uses the same crops)."""
+  (like URL's stored random crops, so every evaluation round uses the same crops).
+  """
   return np.random.default_rng([seed, n]).uniform(low, high, n).astype(np.float32)
 
 
@@ -70,8 +73,9 @@ class CropFractionSource(Source):
   random_access = False  # Evaluation only: examples are read in order through `load`.
 
   def __init__(self, base, low, high, seed=0):
-    super().__init__(name=f"{base.name}:cropped", num_classes=base.num_classes,
-                     image_shape=base.image_shape)
+    super().__init__(
+      name=f"{base.name}:cropped", num_classes=base.num_classes, image_shape=base.image_shape
+    )
     self.base, self.low, self.high, self.seed = base, low, high, seed
 
   def num_examples(self, split):
@@ -85,8 +89,12 @@ class CropFractionSource(Source):
 
     def add(pos, ex):
       return {**ex, CROP_KEY: tf.gather(fractions, pos)}
-    return self.base.load(split).enumerate().map(add, num_parallel_calls=tf.data.AUTOTUNE,
-                                                 deterministic=True)
+
+    return (
+      self.base.load(split)
+      .enumerate()
+      .map(add, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    )
 
 
 class HardAndSoftLabelSource(TfdsSource):
@@ -98,16 +106,22 @@ class HardAndSoftLabelSource(TfdsSource):
   def __init__(self, base, soft_key):
     feats = base.builder.info.features
     if soft_key not in feats:
-      raise ValueError(f"{base.name} has no soft-label feature {soft_key!r}; features: "
-                       f"{sorted(feats)}.")
-    super().__init__(name=f"{base.name}:{soft_key}", num_classes=base.num_classes,
-                     image_shape=base.image_shape, builder=base.builder,
-                     image_key=base.image_key, label_key=base.label_key,
-                     skip_decoding=base.skip_decoding)
+      raise ValueError(
+        f"{base.name} has no soft-label feature {soft_key!r}; features: {sorted(feats)}."
+      )
+    super().__init__(
+      name=f"{base.name}:{soft_key}",
+      num_classes=base.num_classes,
+      image_shape=base.image_shape,
+      builder=base.builder,
+      image_key=base.image_key,
+      label_key=base.label_key,
+      skip_decoding=base.skip_decoding,
+    )
     self.soft_key = soft_key
 
   def load(self, split):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds
 
     self._check_split(split)
     decoders = {self.image_key: tfds.decode.SkipDecoding()} if self.skip_decoding else None
@@ -119,6 +133,7 @@ class HardAndSoftLabelSource(TfdsSource):
       soft = tf.math.divide_no_nan(soft, tf.reduce_sum(soft))
       hard = tf.cast(self.label_check(tf.cast(ex[lk], tf.int64)), tf.float32)
       return {"image": ex[ik], "label": tf.concat([hard[None], soft], 0)}
+
     return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
@@ -162,20 +177,22 @@ def recall_at_one_tf(embeddings, labels, chunk_size=4096):
   labels = np.asarray(labels)
   x = np.asarray(embeddings, np.float32)
   if x.ndim != 2 or labels.ndim != 1 or len(x) != len(labels) or len(x) < 2:
-    raise ValueError(f"recall_at_one_tf needs embeddings [N, D] and labels [N] with N >= 2, "
-                     f"got {x.shape} and {labels.shape}.")
+    raise ValueError(
+      f"recall_at_one_tf needs embeddings [N, D] and labels [N] with N >= 2, "
+      f"got {x.shape} and {labels.shape}."
+    )
   if not np.isfinite(x).all():
     raise ValueError("recall_at_one_tf: the embeddings contain non-finite values.")
   x = tf.math.l2_normalize(tf.constant(x), axis=1, epsilon=1e-24)
   n = len(labels)
   nn = np.empty(n, np.int64)
   for qs in range(0, n, chunk_size):
-    q = x[qs:qs + chunk_size]
+    q = x[qs : qs + chunk_size]
     rows = tf.range(tf.shape(q)[0])
     best = tf.fill([tf.shape(q)[0]], -np.inf)
     best_idx = tf.zeros_like(rows, tf.int64)
     for cs in range(0, n, chunk_size):
-      sim = _block_similarities(q, x[cs:cs + chunk_size])
+      sim = _block_similarities(q, x[cs : cs + chunk_size])
       self_cols = qs + rows - cs  # The query itself: global row == global column.
       is_self = tf.equal(tf.range(tf.shape(sim)[1])[None, :], self_cols[:, None])
       sim = tf.where(is_self, tf.constant(-np.inf, sim.dtype), sim)
@@ -184,7 +201,7 @@ def recall_at_one_tf(embeddings, labels, chunk_size=4096):
       better = v > best  # Strict: an earlier block wins ties.
       best = tf.where(better, v, best)
       best_idx = tf.where(better, j + cs, best_idx)
-    nn[qs:qs + chunk_size] = best_idx.numpy()
+    nn[qs : qs + chunk_size] = best_idx.numpy()
   correct = labels[nn] == labels
   return float(correct.mean()), correct
 
@@ -195,11 +212,18 @@ def _recall(embedding, labels, chunk_size, backend):
   return metrics.recall_at_one(embedding, labels, chunk_size)
 
 
-def retrieval_metrics(embedding, labels, uncertainty, soft_labels=None,
-                      quantiles=(0.05, 0.25, 0.5, 0.75, 0.95), chunk_size=2048,
-                      backend="numpy"):
+def retrieval_metrics(
+  embedding,
+  labels,
+  uncertainty,
+  soft_labels=None,
+  quantiles=(0.05, 0.25, 0.5, 0.75, 0.95),
+  chunk_size=2048,
+  backend="numpy",
+):
   """URL metrics of one dataset: `r1`, `auroc_correct`, `rcorr_entropy` (with soft labels)
-  and uncertainty statistics (`min_unc`, `avg_unc`, `max_unc`, `q<pct>_unc`)."""
+  and uncertainty statistics (`min_unc`, `avg_unc`, `max_unc`, `q<pct>_unc`).
+  """
   unc = np.asarray(uncertainty, np.float64)
   r1, correct = _recall(embedding, labels, chunk_size, backend)
   found = {"r1": r1, "auroc_correct": _auroc_or_nan(-unc, correct, "R-AUROC")}
@@ -208,9 +232,10 @@ def retrieval_metrics(embedding, labels, uncertainty, soft_labels=None,
     valid = soft.sum(axis=1) > 0
     try:
       found["rcorr_entropy"] = metrics.spearman_uncertainty_vs_label_entropy(
-          unc[valid], soft[valid])
+        unc[valid], soft[valid]
+      )
     except ValueError as e:  # Constant uncertainty or entropy.
-      logging.warning("rcorr_entropy is undefined: %s", e)
+      log.warning("rcorr_entropy is undefined: %s", e)
       found["rcorr_entropy"] = float("nan")
   found.update(min_unc=float(unc.min()), avg_unc=float(unc.mean()), max_unc=float(unc.max()))
   for q, v in zip(quantiles, np.quantile(unc, quantiles)):
@@ -218,8 +243,18 @@ def retrieval_metrics(embedding, labels, uncertainty, soft_labels=None,
   return found
 
 
-def mixed_metrics(embedding, labels, uncertainty, up_embedding, up_labels, up_uncertainty,
-                  max_examples=None, seed=0, chunk_size=2048, backend="numpy"):
+def mixed_metrics(
+  embedding,
+  labels,
+  uncertainty,
+  up_embedding,
+  up_labels,
+  up_uncertainty,
+  max_examples=None,
+  seed=0,
+  chunk_size=2048,
+  backend="numpy",
+):
   """`auroc_correct_mixed` and `auroc_ood` on a 50/50 mix of downstream and upstream data.
 
   Both sides are subsampled to the same size `k = min(n_up, n_down, max_examples)` (fixed
@@ -232,23 +267,30 @@ def mixed_metrics(embedding, labels, uncertainty, up_embedding, up_labels, up_un
   up = np.random.default_rng([seed, n_up]).permutation(n_up)[:k]
   down = np.random.default_rng([seed, n_down, k]).permutation(n_down)[:k]
   emb = np.concatenate([np.asarray(up_embedding)[up], np.asarray(embedding)[down]])
-  mixed = np.concatenate([up_labels[up].astype(np.int64) + int(labels.max()) + 1,
-                          labels[down].astype(np.int64)])
-  unc = np.concatenate([np.asarray(up_uncertainty, np.float64)[up],
-                        np.asarray(uncertainty, np.float64)[down]])
+  mixed = np.concatenate(
+    [up_labels[up].astype(np.int64) + int(labels.max()) + 1, labels[down].astype(np.int64)]
+  )
+  unc = np.concatenate(
+    [np.asarray(up_uncertainty, np.float64)[up], np.asarray(uncertainty, np.float64)[down]]
+  )
   _, correct = _recall(emb, mixed, chunk_size, backend)
   is_down = np.arange(2 * k) >= k
-  return {"auroc_correct_mixed": _auroc_or_nan(-unc, correct, "Mixed R-AUROC"),
-          "auroc_ood": metrics.auroc(unc, is_down)}
+  return {
+    "auroc_correct_mixed": _auroc_or_nan(-unc, correct, "Mixed R-AUROC"),
+    "auroc_ood": metrics.auroc(unc, is_down),
+  }
 
 
 def crop_metrics(uncertainty, cropped_uncertainty, fractions):
   """`croppedHasBiggerUnc`: share of images whose crop is more uncertain (strictly);
-  `rcorr_crop_unc`: Spearman(amount cropped = 1 − fraction kept, crop uncertainty)."""
+  `rcorr_crop_unc`: Spearman(amount cropped = 1 − fraction kept, crop uncertainty).
+  """
   unc = np.asarray(uncertainty, np.float64)
   unc_c = np.asarray(cropped_uncertainty, np.float64)
-  return {"croppedHasBiggerUnc": float(np.mean(unc_c > unc)),
-          "rcorr_crop_unc": spearman(1.0 - np.asarray(fractions, np.float64), unc_c)}
+  return {
+    "croppedHasBiggerUnc": float(np.mean(unc_c > unc)),
+    "rcorr_crop_unc": spearman(1.0 - np.asarray(fractions, np.float64), unc_c),
+  }
 
 
 @gin.configurable
@@ -298,25 +340,43 @@ class RetrievalEvaluator(Evaluator):
 
   name = "retrieval"
 
-  def __init__(self, datasets, upstream=None, preprocess="", prefix="retrieval", crop=True,
-               crop_min=0.1, crop_max=0.75, quantiles=(0.05, 0.25, 0.5, 0.75, 0.95),
-               max_mixed_examples=50000, seed=0, chunk_size=2048, backend="numpy"):
+  def __init__(
+    self,
+    datasets,
+    upstream=None,
+    preprocess="",
+    prefix="retrieval",
+    crop=True,
+    crop_min=0.1,
+    crop_max=0.75,
+    quantiles=(0.05, 0.25, 0.5, 0.75, 0.95),
+    max_mixed_examples=50000,
+    seed=0,
+    chunk_size=2048,
+    backend="numpy",
+  ):
     if isinstance(datasets, str):
       datasets = [datasets]
-    items = (dict(datasets).items() if isinstance(datasets, dict)
-             else [(None, spec) for spec in datasets])
+    items = (
+      dict(datasets).items() if isinstance(datasets, dict) else [(None, spec) for spec in datasets]
+    )
     self.datasets = dict(_entry(name, spec, preprocess) for name, spec in items)
     if not self.datasets:
-      raise ValueError("RetrievalEvaluator needs at least one downstream dataset, e.g. "
-                       "datasets=['cub', 'cars', 'sop'] or {'fmnist': ('fashion_mnist', "
-                       "'test')}.")
+      raise ValueError(
+        "RetrievalEvaluator needs at least one downstream dataset, e.g. "
+        "datasets=['cub', 'cars', 'sop'] or {'fmnist': ('fashion_mnist', "
+        "'test')}."
+      )
     if len(self.datasets) != len(items):
-      raise ValueError(f"RetrievalEvaluator: downstream names must be unique, got "
-                       f"{[n for n, _ in items]}; pass a dict {{name: spec}}.")
+      raise ValueError(
+        f"RetrievalEvaluator: downstream names must be unique, got "
+        f"{[n for n, _ in items]}; pass a dict {{name: spec}}."
+      )
     self.upstream = split_spec(upstream, preprocess) if upstream is not None else None
     if not 0 < crop_min <= crop_max <= 1:
-      raise ValueError(f"Need 0 < crop_min <= crop_max <= 1, got crop_min={crop_min}, "
-                       f"crop_max={crop_max}.")
+      raise ValueError(
+        f"Need 0 < crop_min <= crop_max <= 1, got crop_min={crop_min}, crop_max={crop_max}."
+      )
     bad_q = [q for q in quantiles if not 0 <= q <= 1]
     if bad_q:
       raise ValueError(f"quantiles must lie in [0, 1], got {bad_q}.")
@@ -324,8 +384,7 @@ class RetrievalEvaluator(Evaluator):
     self.crop_min, self.crop_max = crop_min, crop_max
     self.quantiles, self.max_mixed_examples = tuple(quantiles), max_mixed_examples
     if backend not in BACKENDS:
-      raise ValueError(f"Unknown nearest-neighbour backend {backend!r}: choose one of "
-                       f"{BACKENDS}.")
+      raise ValueError(f"Unknown nearest-neighbour backend {backend!r}: choose one of {BACKENDS}.")
     self.seed, self.chunk_size, self.backend = seed, chunk_size, backend
     self._sources = {}
 
@@ -366,17 +425,28 @@ class RetrievalEvaluator(Evaluator):
       out, labels = predict(self._source(name), split, ops)
       emb = _require(out, name)
       labels, soft = self._labels(name, labels)
-      found = retrieval_metrics(emb, labels, out["uncertainty"], soft, self.quantiles,
-                                self.chunk_size, self.backend)
+      found = retrieval_metrics(
+        emb, labels, out["uncertainty"], soft, self.quantiles, self.chunk_size, self.backend
+      )
       if up is not None:
-        found.update(mixed_metrics(emb, labels, out["uncertainty"], *up,
-                                   self.max_mixed_examples, self.seed, self.chunk_size,
-                                   self.backend))
+        found.update(
+          mixed_metrics(
+            emb,
+            labels,
+            out["uncertainty"],
+            *up,
+            self.max_mixed_examples,
+            self.seed,
+            self.chunk_size,
+            self.backend,
+          )
+        )
       if self.crop:
         source = self._source(name, cropped=True)
         cropped, _ = predict(source, split, f"{ops}|zoom_crop" if ops else "zoom_crop")
-        found.update(crop_metrics(out["uncertainty"], cropped["uncertainty"],
-                                  source.fractions(split)))
+        found.update(
+          crop_metrics(out["uncertainty"], cropped["uncertainty"], source.fractions(split))
+        )
       per_set[name] = found
     results = {}
     for name, found in per_set.items():
@@ -391,11 +461,23 @@ class RetrievalEvaluator(Evaluator):
 def _require(outputs, where):
   missing = [k for k in ("embedding", "uncertainty") if k not in outputs]
   if missing:
-    raise ValueError(f"RetrievalEvaluator ({where}): the network outputs lack {missing}; "
-                     f"it has {sorted(outputs)}. Every keras_unc method outputs both.")
+    raise ValueError(
+      f"RetrievalEvaluator ({where}): the network outputs lack {missing}; "
+      f"it has {sorted(outputs)}. Every keras_unc method outputs both."
+    )
   return outputs["embedding"]
 
 
-__all__ = ["BACKENDS", "PRESETS", "CropFractionSource", "HardAndSoftLabelSource",
-           "RetrievalEvaluator", "crop_fractions", "crop_metrics", "mixed_metrics",
-           "recall_at_one_tf", "retrieval_metrics", "spearman"]
+__all__ = [
+  "BACKENDS",
+  "PRESETS",
+  "CropFractionSource",
+  "HardAndSoftLabelSource",
+  "RetrievalEvaluator",
+  "crop_fractions",
+  "crop_metrics",
+  "mixed_metrics",
+  "recall_at_one_tf",
+  "retrieval_metrics",
+  "spearman",
+]

@@ -4,21 +4,22 @@ import os
 
 import tensorflow as tf
 
-from keras_unc import callbacks as cbs
-from keras_unc import plots
+from keras_unc.reporting import metrics_log, plots
 
 PLOTS_DIR = "plots"
 
 
 def write_figures(workdir, writer, step, figures):
   """Writes `{name: figure or RGBA array}` as `workdir/plots/<name>_step<step>.png` and as
-  TensorBoard image summaries named `name`; returns the PNG paths."""
+  TensorBoard image summaries named `name`; returns the PNG paths.
+  """
   paths = []
   with writer.as_default(step=step):
     for name, figure in figures.items():
       rgba = plots.to_rgba(figure)
-      paths.append(plots.save_png(rgba, os.path.join(workdir, PLOTS_DIR,
-                                                     plots.file_name(name, step))))
+      paths.append(
+        plots.save_png(rgba, os.path.join(workdir, PLOTS_DIR, plots.file_name(name, step)))
+      )
       tf.summary.image(name, rgba[None], step=step)
   writer.flush()
   return paths
@@ -28,7 +29,7 @@ def run_round(evaluators, predictor, workdir, writer, step, extra=None):
   """Runs `evaluators` at `step`; writes scalars to TensorBoard and `metrics.jsonl`, and
   the evaluators' figures (those with a `figures(predict)` method) as PNG files in
   `workdir/plots/` and TensorBoard images. `extra(metrics) -> dict` adds metrics to the
-  same record (e.g. the `best_*` values of `keras_unc.best_checkpoint`).
+  same record (e.g. the `best_*` values of `keras_unc.runtime.best_checkpoint`).
 
   Returns the dict of metrics written (empty when no evaluator reported anything).
   """
@@ -46,4 +47,4 @@ def run_round(evaluators, predictor, workdir, writer, step, extra=None):
     return {}
   if extra is not None:
     found.update(extra(dict(found)) or {})
-  return cbs.write_metrics(workdir, writer, step, found)
+  return metrics_log.write_metrics(workdir, writer, step, found)

@@ -8,9 +8,22 @@ from keras_unc.evaluators.base import Evaluator, hard_labels, split_spec
 
 # The 15 benchmark corruptions of Hendrycks & Dietterich (2019), TFDS config names.
 BENCHMARK_CORRUPTIONS = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
-    "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
-    "elastic_transform", "pixelate", "jpeg_compression")
+  "gaussian_noise",
+  "shot_noise",
+  "impulse_noise",
+  "defocus_blur",
+  "glass_blur",
+  "motion_blur",
+  "zoom_blur",
+  "snow",
+  "frost",
+  "fog",
+  "brightness",
+  "contrast",
+  "elastic_transform",
+  "pixelate",
+  "jpeg_compression",
+)
 SHIFT_METRICS = ("accuracy", "nll", "ece")
 
 
@@ -41,15 +54,22 @@ class ShiftEvaluator(Evaluator):
 
   name = "shift"
 
-  def __init__(self, datasets=None, corrupted=None, corruptions=BENCHMARK_CORRUPTIONS,
-               severities=(1, 2, 3, 4, 5), preprocess="", prefix="shift", num_bins=15,
-               per_config=False):
+  def __init__(
+    self,
+    datasets=None,
+    corrupted=None,
+    corruptions=BENCHMARK_CORRUPTIONS,
+    severities=(1, 2, 3, 4, 5),
+    preprocess="",
+    prefix="shift",
+    num_bins=15,
+    per_config=False,
+  ):
     self.datasets = {k: split_spec(v, preprocess) for k, v in dict(datasets or {}).items()}
     self.corrupted = {}
     for name, spec in dict(corrupted or {}).items():
       builder, split, ops = split_spec(spec, preprocess)
-      self.corrupted[name] = (builder[5:] if builder.startswith("tfds:") else builder,
-                              split, ops)
+      self.corrupted[name] = (builder[5:] if builder.startswith("tfds:") else builder, split, ops)
     self.corruptions, self.severities = tuple(corruptions), tuple(severities)
     if self.corrupted and not (self.corruptions and self.severities):
       raise ValueError("ShiftEvaluator: corrupted sets need corruption types and severities.")
@@ -58,8 +78,11 @@ class ShiftEvaluator(Evaluator):
   def _metrics(self, predict, dataset, split, ops, cache=True):
     outputs, labels = predict(dataset, split, ops, cache=cache)
     labels, p = hard_labels(labels), outputs["probs"]
-    return {"accuracy": metrics.accuracy(p, labels), "nll": metrics.nll(p, labels),
-            "ece": metrics.expected_calibration_error(p, labels, self.num_bins)}
+    return {
+      "accuracy": metrics.accuracy(p, labels),
+      "nll": metrics.nll(p, labels),
+      "ece": metrics.expected_calibration_error(p, labels, self.num_bins),
+    }
 
   def evaluate(self, predict):
     results = {}
@@ -71,12 +94,14 @@ class ShiftEvaluator(Evaluator):
       for kind in self.corruptions:
         for severity in self.severities:
           found[kind, severity] = self._metrics(
-              predict, f"tfds:{builder}/{kind}_{severity}", split, ops, cache=False)
+            predict, f"tfds:{builder}/{kind}_{severity}", split, ops, cache=False
+          )
       for k in SHIFT_METRICS:
         results[f"{self.prefix}/{name}/{k}"] = float(np.mean([m[k] for m in found.values()]))
         for severity in self.severities:
-          results[f"{self.prefix}/{name}/{k}_severity{severity}"] = float(np.mean(
-              [found[kind, severity][k] for kind in self.corruptions]))
+          results[f"{self.prefix}/{name}/{k}_severity{severity}"] = float(
+            np.mean([found[kind, severity][k] for kind in self.corruptions])
+          )
         if self.per_config:
           for (kind, severity), m in found.items():
             results[f"{self.prefix}/{name}/{kind}_{severity}/{k}"] = m[k]

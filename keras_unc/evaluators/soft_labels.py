@@ -1,17 +1,20 @@
 """Agreement with human label distributions (CIFAR-10H) and label sets (ImageNet ReaL)."""
 
+import logging
+
 import gin
 import numpy as np
-from absl import logging
 
 from keras_unc import metrics
+from keras_unc.data.tfds_labels import label_source
 from keras_unc.evaluators.base import Evaluator, softmax
-from keras_unc.evaluators.tfds_labels import label_source
+
+log = logging.getLogger(__name__)
 
 # dataset -> (label feature, label kind, split); the label features of the TFDS builders.
 PRESETS = {
-    "tfds:cifar10_h": ("soft_label", "soft", "test"),
-    "tfds:imagenet2012_real": ("real_label", "set", "validation"),
+  "tfds:cifar10_h": ("soft_label", "soft", "test"),
+  "tfds:imagenet2012_real": ("real_label", "set", "validation"),
 }
 
 
@@ -40,14 +43,23 @@ class SoftLabelEvaluator(Evaluator):
 
   name = "soft_labels"
 
-  def __init__(self, dataset="tfds:cifar10_h", split=None, label_key=None, label_kind=None,
-               preprocess="", prefix=None, image_key="image"):
+  def __init__(
+    self,
+    dataset="tfds:cifar10_h",
+    split=None,
+    label_key=None,
+    label_kind=None,
+    preprocess="",
+    prefix=None,
+    image_key="image",
+  ):
     preset = PRESETS.get(dataset, (None, None, "test"))
     self.dataset = dataset
     self.label_key = label_key or preset[0]
     if not self.label_key:
-      raise ValueError(f"SoftLabelEvaluator: set label_key for {dataset!r} (presets: "
-                       f"{sorted(PRESETS)}).")
+      raise ValueError(
+        f"SoftLabelEvaluator: set label_key for {dataset!r} (presets: {sorted(PRESETS)})."
+      )
     self.label_kind = label_kind or (preset[1] if self.label_key == preset[0] else None)
     self.split = split or preset[2]
     self.preprocess, self.image_key = preprocess, image_key
@@ -56,8 +68,9 @@ class SoftLabelEvaluator(Evaluator):
 
   def source(self):
     if self._source is None:  # Kept: the predictor caches its pipeline by source.
-      self._source = label_source(self.dataset, self.label_key, self.label_kind,
-                                  image_key=self.image_key)
+      self._source = label_source(
+        self.dataset, self.label_key, self.label_kind, image_key=self.image_key
+      )
     return self._source
 
   def evaluate(self, predict):
@@ -77,11 +90,13 @@ def soft_label_metrics(outputs, labels):
   found["kl"] = metrics.kl_to_labels(p, q)
   logits = outputs.get("logits")
   found["ged"] = metrics.generalized_energy_distance(
-      softmax(logits[valid]) if logits is not None else p, q)
+    softmax(logits[valid]) if logits is not None else p, q
+  )
   try:
     found["spearman_label_entropy"] = metrics.spearman_uncertainty_vs_label_entropy(
-        outputs["uncertainty"][valid], q)
+      outputs["uncertainty"][valid], q
+    )
   except ValueError as e:  # Constant uncertainty or label entropy: undefined.
-    logging.warning("Spearman(uncertainty, label entropy) is undefined: %s", e)
+    log.warning("Spearman(uncertainty, label entropy) is undefined: %s", e)
     found["spearman_label_entropy"] = float("nan")
   return found

@@ -2,3 +2,5 @@
 
 from keras_unc.layers.input_adapter import InputAdapter
 from keras_unc.layers.outputs import MemberAxis, MemberMean, Predictive, UncertaintyScore
+
+__all__ = ["InputAdapter", "MemberAxis", "MemberMean", "Predictive", "UncertaintyScore"]

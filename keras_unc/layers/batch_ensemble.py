@@ -42,8 +42,10 @@ class RandomSign(keras.initializers.RandomUniform):
     return ops.cast(ops.where(u < self.probability, 1.0, -1.0), dtype)
 
   def get_config(self):
-    return {"probability": self.probability,
-            "seed": keras.saving.serialize_keras_object(self._init_seed)}
+    return {
+      "probability": self.probability,
+      "seed": keras.saving.serialize_keras_object(self._init_seed),
+    }
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")
@@ -67,8 +69,7 @@ class NormalAroundOne(keras.initializers.RandomNormal):
     super().__init__(mean=1.0, stddev=stddev, seed=seed)
 
   def get_config(self):
-    return {"stddev": self.stddev,
-            "seed": keras.saving.serialize_keras_object(self._init_seed)}
+    return {"stddev": self.stddev, "seed": keras.saving.serialize_keras_object(self._init_seed)}
 
 
 def get_fast_weight_initializer(identifier, stddev=0.5):
@@ -92,9 +93,10 @@ def _check_batch(inputs, ensemble_size, layer_name):
   batch = inputs.shape[0]
   if batch is not None and batch % ensemble_size:
     raise ValueError(
-        f"{layer_name}: the batch dimension {batch} is not divisible by ensemble_size="
-        f"{ensemble_size}. Tile the batch M times with TileMembers before the first "
-        "BatchEnsemble layer (member i owns rows [i*B, (i+1)*B)).")
+      f"{layer_name}: the batch dimension {batch} is not divisible by ensemble_size="
+      f"{ensemble_size}. Tile the batch M times with TileMembers before the first "
+      "BatchEnsemble layer (member i owns rows [i*B, (i+1)*B))."
+    )
 
 
 def _per_member(x, scale, shift, ensemble_size):
@@ -158,18 +160,30 @@ class TileMembers(keras.layers.Layer):
     return (batch, *input_shape[1:])
 
   def get_config(self):
-    return {**super().get_config(), "num_members": self.num_members,
-            "train_members": self.train_members}
+    return {
+      **super().get_config(),
+      "num_members": self.num_members,
+      "train_members": self.train_members,
+    }
 
 
 class _BatchEnsembleBase(keras.layers.Layer):
   """Shared arguments, fast weights and config of the BatchEnsemble layers."""
 
-  def __init__(self, ensemble_size, activation=None, use_bias=True,
-               kernel_initializer="glorot_uniform", bias_initializer="zeros",
-               alpha_initializer="random_sign", gamma_initializer="random_sign",
-               fast_weight_stddev=0.5, kernel_regularizer=None, bias_regularizer=None,
-               **kwargs):
+  def __init__(
+    self,
+    ensemble_size,
+    activation=None,
+    use_bias=True,
+    kernel_initializer="glorot_uniform",
+    bias_initializer="zeros",
+    alpha_initializer="random_sign",
+    gamma_initializer="random_sign",
+    fast_weight_stddev=0.5,
+    kernel_regularizer=None,
+    bias_regularizer=None,
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     _check_ensemble_size(ensemble_size)
     self.ensemble_size = ensemble_size
@@ -186,17 +200,25 @@ class _BatchEnsembleBase(keras.layers.Layer):
 
   def _build_weights(self, kernel_shape, in_channels, out_channels):
     m = self.ensemble_size
-    self.kernel = self.add_weight(name="kernel", shape=kernel_shape,
-                                  initializer=self.kernel_initializer,
-                                  regularizer=self.kernel_regularizer)
-    self.alpha = self.add_weight(name="alpha", shape=(m, in_channels),
-                                 initializer=self.alpha_initializer)
-    self.gamma = self.add_weight(name="gamma", shape=(m, out_channels),
-                                 initializer=self.gamma_initializer)
+    self.kernel = self.add_weight(
+      name="kernel",
+      shape=kernel_shape,
+      initializer=self.kernel_initializer,
+      regularizer=self.kernel_regularizer,
+    )
+    self.alpha = self.add_weight(
+      name="alpha", shape=(m, in_channels), initializer=self.alpha_initializer
+    )
+    self.gamma = self.add_weight(
+      name="gamma", shape=(m, out_channels), initializer=self.gamma_initializer
+    )
     if self.use_bias:
-      self.bias = self.add_weight(name="bias", shape=(m, out_channels),
-                                  initializer=self.bias_initializer,
-                                  regularizer=self.bias_regularizer)
+      self.bias = self.add_weight(
+        name="bias",
+        shape=(m, out_channels),
+        initializer=self.bias_initializer,
+        regularizer=self.bias_regularizer,
+      )
 
   def _apply(self, inputs, kernel, op):
     """`op(x ∘ alpha_i, kernel) ∘ gamma_i + bias_i`, then the activation."""
@@ -214,16 +236,19 @@ class _BatchEnsembleBase(keras.layers.Layer):
 
   def get_config(self):
     ser = keras.saving.serialize_keras_object
-    return {**super().get_config(), "ensemble_size": self.ensemble_size,
-            "activation": keras.activations.serialize(self.activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": ser(self.kernel_initializer),
-            "bias_initializer": ser(self.bias_initializer),
-            "alpha_initializer": ser(self.alpha_initializer),
-            "gamma_initializer": ser(self.gamma_initializer),
-            "fast_weight_stddev": self.fast_weight_stddev,
-            "kernel_regularizer": ser(self.kernel_regularizer),
-            "bias_regularizer": ser(self.bias_regularizer)}
+    return {
+      **super().get_config(),
+      "ensemble_size": self.ensemble_size,
+      "activation": keras.activations.serialize(self.activation),
+      "use_bias": self.use_bias,
+      "kernel_initializer": ser(self.kernel_initializer),
+      "bias_initializer": ser(self.bias_initializer),
+      "alpha_initializer": ser(self.alpha_initializer),
+      "gamma_initializer": ser(self.gamma_initializer),
+      "fast_weight_stddev": self.fast_weight_stddev,
+      "kernel_regularizer": ser(self.kernel_regularizer),
+      "bias_regularizer": ser(self.bias_regularizer),
+    }
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")
@@ -264,8 +289,10 @@ class DenseBatchEnsemble(_BatchEnsembleBase):
 
   def build(self, input_shape):
     if len(input_shape) < 2 or input_shape[-1] is None:
-      raise ValueError(f"{self.name} needs inputs of rank >= 2 with a known last dimension, "
-                       f"got shape {input_shape}.")
+      raise ValueError(
+        f"{self.name} needs inputs of rank >= 2 with a known last dimension, "
+        f"got shape {input_shape}."
+      )
     d_in = input_shape[-1]
     self._build_weights((d_in, self.units), d_in, self.units)
     self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: d_in})
@@ -310,8 +337,17 @@ class Conv2DBatchEnsemble(_BatchEnsembleBase):
   Lifelong Learning", ICLR 2020.
   """
 
-  def __init__(self, filters, kernel_size, ensemble_size, strides=1, padding="valid",
-               dilation_rate=1, *args, **kwargs):  # Other defaults: see the base.
+  def __init__(
+    self,
+    filters,
+    kernel_size,
+    ensemble_size,
+    strides=1,
+    padding="valid",
+    dilation_rate=1,
+    *args,
+    **kwargs,
+  ):  # Other defaults: see the base.
     super().__init__(ensemble_size, *args, **kwargs)
     self.filters = filters
     self.kernel_size = _pair(kernel_size, "kernel_size")
@@ -323,15 +359,23 @@ class Conv2DBatchEnsemble(_BatchEnsembleBase):
 
   def build(self, input_shape):
     if len(input_shape) != 4 or input_shape[-1] is None:
-      raise ValueError(f"{self.name} needs [batch, height, width, channels] inputs with known "
-                       f"channels, got shape {input_shape}.")
+      raise ValueError(
+        f"{self.name} needs [batch, height, width, channels] inputs with known "
+        f"channels, got shape {input_shape}."
+      )
     c_in = input_shape[-1]
     self._build_weights((*self.kernel_size, c_in, self.filters), c_in, self.filters)
     self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: c_in})
 
   def _conv(self, x, kernel):
-    return ops.conv(x, kernel, strides=self.strides, padding=self.padding,
-                    data_format="channels_last", dilation_rate=self.dilation_rate)
+    return ops.conv(
+      x,
+      kernel,
+      strides=self.strides,
+      padding=self.padding,
+      data_format="channels_last",
+      dilation_rate=self.dilation_rate,
+    )
 
   def kernel_call(self, inputs, kernel):
     """The layer's output with `kernel` in place of `self.kernel`."""
@@ -339,8 +383,7 @@ class Conv2DBatchEnsemble(_BatchEnsembleBase):
 
   def compute_output_shape(self, input_shape):
     spatial = []
-    for n, k, s, d in zip(input_shape[1:3], self.kernel_size, self.strides,
-                          self.dilation_rate):
+    for n, k, s, d in zip(input_shape[1:3], self.kernel_size, self.strides, self.dilation_rate):
       if n is None:
         spatial.append(None)
       elif self.padding == "same":
@@ -350,6 +393,11 @@ class Conv2DBatchEnsemble(_BatchEnsembleBase):
     return (input_shape[0], *spatial, self.filters)
 
   def get_config(self):
-    return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
-            "strides": self.strides, "padding": self.padding,
-            "dilation_rate": self.dilation_rate}
+    return {
+      **super().get_config(),
+      "filters": self.filters,
+      "kernel_size": self.kernel_size,
+      "strides": self.strides,
+      "padding": self.padding,
+      "dilation_rate": self.dilation_rate,
+    }

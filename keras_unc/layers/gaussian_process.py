@@ -22,7 +22,8 @@ def num_replicas_in_sync():
   """
   if keras.backend.backend() != "tensorflow":
     return 1
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+
   context = tf.distribute.get_replica_context()
   return 1 if context is None else int(context.num_replicas_in_sync)
 
@@ -82,28 +83,48 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
   Deep Learning via Distance Awareness", NeurIPS 2020.
   """
 
-  def __init__(self, units, num_inducing=1024, normalize_input=False,
-               scale_random_features=True, kernel_scale=1.0, gp_cov_momentum=-1.0,
-               gp_cov_ridge_penalty=1.0, likelihood="gaussian", output_bias=False,
-               kernel_regularizer=None, seed=None, **kwargs):
+  def __init__(
+    self,
+    units,
+    num_inducing=1024,
+    normalize_input=False,
+    scale_random_features=True,
+    kernel_scale=1.0,
+    gp_cov_momentum=-1.0,
+    gp_cov_ridge_penalty=1.0,
+    likelihood="gaussian",
+    output_bias=False,
+    kernel_regularizer=None,
+    seed=None,
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     if int(units) != units or units < 1:
-      raise ValueError(f"units must be an integer >= 1, got {units!r}: pass the number of "
-                       "logits (classes).")
+      raise ValueError(
+        f"units must be an integer >= 1, got {units!r}: pass the number of logits (classes)."
+      )
     if int(num_inducing) != num_inducing or num_inducing < 1:
-      raise ValueError(f"num_inducing must be an integer >= 1, got {num_inducing!r}: pass the "
-                       "number of random features, e.g. num_inducing=1024.")
+      raise ValueError(
+        f"num_inducing must be an integer >= 1, got {num_inducing!r}: pass the "
+        "number of random features, e.g. num_inducing=1024."
+      )
     if likelihood not in LIKELIHOODS:
       raise ValueError(f"Unknown likelihood {likelihood!r}: choose one of {LIKELIHOODS}.")
     if not (0.0 < gp_cov_momentum < 1.0 or gp_cov_momentum == -1):
-      raise ValueError(f"gp_cov_momentum must be in (0, 1) (moving average) or -1 (exact "
-                       f"accumulation), got {gp_cov_momentum!r}.")
+      raise ValueError(
+        f"gp_cov_momentum must be in (0, 1) (moving average) or -1 (exact "
+        f"accumulation), got {gp_cov_momentum!r}."
+      )
     if not gp_cov_ridge_penalty > 0:
-      raise ValueError(f"gp_cov_ridge_penalty must be > 0, got {gp_cov_ridge_penalty!r}: the "
-                       "precision matrix starts at ridge · I and must stay invertible.")
+      raise ValueError(
+        f"gp_cov_ridge_penalty must be > 0, got {gp_cov_ridge_penalty!r}: the "
+        "precision matrix starts at ridge · I and must stay invertible."
+      )
     if not kernel_scale > 0:
-      raise ValueError(f"kernel_scale must be > 0, got {kernel_scale!r}: it is the RBF "
-                       "length-scale, e.g. kernel_scale=1.0.")
+      raise ValueError(
+        f"kernel_scale must be > 0, got {kernel_scale!r}: it is the RBF "
+        "length-scale, e.g. kernel_scale=1.0."
+      )
     self.units = int(units)
     self.num_inducing = int(num_inducing)
     self.normalize_input = bool(normalize_input)
@@ -115,8 +136,9 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
     self.output_bias = bool(output_bias)
     self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
     self.seed = seed
-    self.input_norm = (keras.layers.LayerNormalization(name="input_layer_norm")
-                       if self.normalize_input else None)
+    self.input_norm = (
+      keras.layers.LayerNormalization(name="input_layer_norm") if self.normalize_input else None
+    )
 
   def _seed(self, offset):
     return None if self.seed is None else int(self.seed) + offset
@@ -126,21 +148,39 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
     if self.input_norm is not None:
       self.input_norm.build(input_shape)
     self.random_kernel = self.add_weight(
-        shape=(d_in, d), trainable=False, name="random_kernel",
-        initializer=keras.initializers.RandomNormal(stddev=1.0 / self.kernel_scale,
-                                                    seed=self._seed(0)))
+      shape=(d_in, d),
+      trainable=False,
+      name="random_kernel",
+      initializer=keras.initializers.RandomNormal(
+        stddev=1.0 / self.kernel_scale, seed=self._seed(0)
+      ),
+    )
     self.random_bias = self.add_weight(
-        shape=(d,), trainable=False, name="random_bias",
-        initializer=keras.initializers.RandomUniform(0.0, 2.0 * math.pi, seed=self._seed(1)))
+      shape=(d,),
+      trainable=False,
+      name="random_bias",
+      initializer=keras.initializers.RandomUniform(0.0, 2.0 * math.pi, seed=self._seed(1)),
+    )
     self.beta = self.add_weight(
-        shape=(d, self.units), name="output_kernel", regularizer=self.kernel_regularizer,
-        initializer=keras.initializers.GlorotUniform(seed=self._seed(2)))
-    self.bias = (self.add_weight(shape=(self.units,), initializer="zeros", name="output_bias")
-                 if self.output_bias else None)
+      shape=(d, self.units),
+      name="output_kernel",
+      regularizer=self.kernel_regularizer,
+      initializer=keras.initializers.GlorotUniform(seed=self._seed(2)),
+    )
+    self.bias = (
+      self.add_weight(shape=(self.units,), initializer="zeros", name="output_bias")
+      if self.output_bias
+      else None
+    )
     self.precision_matrix = self.add_weight(
-        shape=(d, d), trainable=False, name="precision_matrix", dtype="float32",
-        autocast=False, aggregation="mean",
-        initializer=keras.initializers.Identity(gain=self.gp_cov_ridge_penalty))
+      shape=(d, d),
+      trainable=False,
+      name="precision_matrix",
+      dtype="float32",
+      autocast=False,
+      aggregation="mean",
+      initializer=keras.initializers.Identity(gain=self.gp_cov_ridge_penalty),
+    )
     self.built = True
 
   def random_features(self, inputs):
@@ -192,20 +232,27 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
   def reset_covariance(self):
     """Sets the precision matrix back to `ridge · I` (call at each epoch start)."""
     self.precision_matrix.assign(
-        self.gp_cov_ridge_penalty * ops.eye(self.num_inducing, dtype="float32"))
+      self.gp_cov_ridge_penalty * ops.eye(self.num_inducing, dtype="float32")
+    )
 
   def compute_output_shape(self, input_shape):
     return (*input_shape[:-1], self.units), tuple(input_shape[:-1])
 
   def get_config(self):
-    return {**super().get_config(), "units": self.units, "num_inducing": self.num_inducing,
-            "normalize_input": self.normalize_input,
-            "scale_random_features": self.scale_random_features,
-            "kernel_scale": self.kernel_scale, "gp_cov_momentum": self.gp_cov_momentum,
-            "gp_cov_ridge_penalty": self.gp_cov_ridge_penalty, "likelihood": self.likelihood,
-            "output_bias": self.output_bias,
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            "seed": self.seed}
+    return {
+      **super().get_config(),
+      "units": self.units,
+      "num_inducing": self.num_inducing,
+      "normalize_input": self.normalize_input,
+      "scale_random_features": self.scale_random_features,
+      "kernel_scale": self.kernel_scale,
+      "gp_cov_momentum": self.gp_cov_momentum,
+      "gp_cov_ridge_penalty": self.gp_cov_ridge_penalty,
+      "likelihood": self.likelihood,
+      "output_bias": self.output_bias,
+      "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+      "seed": self.seed,
+    }
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")

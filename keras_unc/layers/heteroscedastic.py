@@ -25,15 +25,17 @@ def _is_int(value):
 
 def _check_common(num_factors, temperature, train_mc_samples, test_mc_samples):
   if not _is_int(num_factors) or num_factors < 0:
-    raise ValueError(f"num_factors must be an int >= 0 (0 = diagonal noise only), got "
-                     f"{num_factors!r}.")
+    raise ValueError(
+      f"num_factors must be an int >= 0 (0 = diagonal noise only), got {num_factors!r}."
+    )
   if not temperature > 0:
     raise ValueError(f"temperature must be > 0, got {temperature!r}; use 1.0 for no tempering.")
-  for name, value in (("train_mc_samples", train_mc_samples),
-                      ("test_mc_samples", test_mc_samples)):
+  for name, value in (("train_mc_samples", train_mc_samples), ("test_mc_samples", test_mc_samples)):
     if not _is_int(value) or value < 1:
-      raise ValueError(f"{name} must be an int >= 1, got {value!r}; set it to the number of "
-                       "Monte Carlo samples to average (e.g. 1000).")
+      raise ValueError(
+        f"{name} must be an int >= 1, got {value!r}; set it to the number of "
+        "Monte Carlo samples to average (e.g. 1000)."
+      )
 
 
 class _MCHeteroscedasticBase(keras.layers.Layer):
@@ -45,8 +47,18 @@ class _MCHeteroscedasticBase(keras.layers.Layer):
 
   _size_name = "num_classes"
 
-  def __init__(self, size, num_factors, temperature, train_mc_samples, test_mc_samples,
-               share_samples_across_batch, return_samples, seed, **kwargs):
+  def __init__(
+    self,
+    size,
+    num_factors,
+    temperature,
+    train_mc_samples,
+    test_mc_samples,
+    share_samples_across_batch,
+    return_samples,
+    seed,
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     if not _is_int(size) or size < 1:
       raise ValueError(f"{self._size_name} must be an int >= 1, got {size!r}.")
@@ -71,10 +83,12 @@ class _MCHeteroscedasticBase(keras.layers.Layer):
     dtype = self.compute_dtype
     eps_factor = None
     if self.num_factors > 0:
-      eps_factor = keras.random.normal((rows, num_samples, self.num_factors), dtype=dtype,
-                                       seed=self.seed_generator)
-    eps_diag = keras.random.normal((rows, num_samples, self._noise_dim), dtype=dtype,
-                                   seed=self.seed_generator)
+      eps_factor = keras.random.normal(
+        (rows, num_samples, self.num_factors), dtype=dtype, seed=self.seed_generator
+      )
+    eps_diag = keras.random.normal(
+      (rows, num_samples, self._noise_dim), dtype=dtype, seed=self.seed_generator
+    )
     return eps_factor, eps_diag
 
   def _factor(self, inputs):
@@ -95,8 +109,7 @@ class _MCHeteroscedasticBase(keras.layers.Layer):
     return noise
 
   def _aggregate(self, tempered, num_samples):
-    return (ops.logsumexp(ops.log_softmax(tempered, axis=-1), axis=1)
-            - math.log(num_samples))
+    return ops.logsumexp(ops.log_softmax(tempered, axis=-1), axis=1) - math.log(num_samples)
 
   def _output(self, logits, num_samples):
     tempered = ops.cast(logits, "float32") / self.temperature
@@ -115,32 +128,59 @@ class _MCHeteroscedasticBase(keras.layers.Layer):
     return keras.tree.map_structure(lambda t: keras.KerasTensor(t.shape, "float32"), spec)
 
   def get_config(self):
-    return {**super().get_config(), self._size_name: self.size,
-            "num_factors": self.num_factors, "temperature": self.temperature,
-            "train_mc_samples": self.train_mc_samples, "test_mc_samples": self.test_mc_samples,
-            "share_samples_across_batch": self.share_samples_across_batch,
-            "return_samples": self.return_samples, "seed": self.seed}
+    return {
+      **super().get_config(),
+      self._size_name: self.size,
+      "num_factors": self.num_factors,
+      "temperature": self.temperature,
+      "train_mc_samples": self.train_mc_samples,
+      "test_mc_samples": self.test_mc_samples,
+      "share_samples_across_batch": self.share_samples_across_batch,
+      "return_samples": self.return_samples,
+      "seed": self.seed,
+    }
 
 
 class _MCFactorAnalysisBase(_MCHeteroscedasticBase):
   """Logit-space noise (N = K) with an optional parameter-efficient factor (not public)."""
 
-  def __init__(self, size, num_factors=10, temperature=1.0, train_mc_samples=1000,
-               test_mc_samples=1000, share_samples_across_batch=False, parameter_efficient=False,
-               return_samples=False, seed=None, **kwargs):
-    super().__init__(size, num_factors, temperature, train_mc_samples, test_mc_samples,
-                     share_samples_across_batch, return_samples, seed, **kwargs)
+  def __init__(
+    self,
+    size,
+    num_factors=10,
+    temperature=1.0,
+    train_mc_samples=1000,
+    test_mc_samples=1000,
+    share_samples_across_batch=False,
+    parameter_efficient=False,
+    return_samples=False,
+    seed=None,
+    **kwargs,
+  ):
+    super().__init__(
+      size,
+      num_factors,
+      temperature,
+      train_mc_samples,
+      test_mc_samples,
+      share_samples_across_batch,
+      return_samples,
+      seed,
+      **kwargs,
+    )
     if num_factors >= size:
       raise ValueError(
-          f"num_factors={num_factors} must be smaller than {self._size_name}={size}: the "
-          f"factor V(x) is {self._size_name} × num_factors and is meant to be low rank. Use "
-          f"num_factors <= {size - 1} (0 = diagonal noise only).")
+        f"num_factors={num_factors} must be smaller than {self._size_name}={size}: the "
+        f"factor V(x) is {self._size_name} × num_factors and is meant to be low rank. Use "
+        f"num_factors <= {size - 1} (0 = diagonal noise only)."
+      )
     self.parameter_efficient = bool(parameter_efficient)
     self.loc_layer = None
     self.scale_layer_heteroscedastic = None
     self.shared_factor = None
-    self.diag_layer = keras.layers.Dense(size, activation="softplus", name="diag",
-                                         dtype=self.dtype_policy)
+    self.diag_layer = keras.layers.Dense(
+      size, activation="softplus", name="diag", dtype=self.dtype_policy
+    )
 
   @property
   def _noise_dim(self):
@@ -153,16 +193,19 @@ class _MCFactorAnalysisBase(_MCHeteroscedasticBase):
       self.loc_layer = keras.layers.Dense(k, name="loc", dtype=self.dtype_policy)
       self.loc_layer.build(inputs_shape)
     elif loc_shape[-1] is not None and loc_shape[-1] != k:
-      raise ValueError(f"loc has {loc_shape[-1]} logits but {self._size_name}={k}; pass loc of "
-                       f"shape [B, {k}].")
+      raise ValueError(
+        f"loc has {loc_shape[-1]} logits but {self._size_name}={k}; pass loc of shape [B, {k}]."
+      )
     self.diag_layer.build(inputs_shape)
     if r > 0 and self.parameter_efficient:
       # V(x) = diag(v(x)) V: one shared K × R matrix, scaled per example and class.
       self.scale_layer_heteroscedastic = keras.layers.Dense(
-          k, name="scale_heteroscedastic", dtype=self.dtype_policy)
+        k, name="scale_heteroscedastic", dtype=self.dtype_policy
+      )
       self.scale_layer_heteroscedastic.build(inputs_shape)
-      self.shared_factor = self.add_weight(shape=(r, k), initializer="glorot_uniform",
-                                           name="shared_factor")
+      self.shared_factor = self.add_weight(
+        shape=(r, k), initializer="glorot_uniform", name="shared_factor"
+      )
     elif r > 0:
       self.scale_layer = keras.layers.Dense(k * r, name="scale", dtype=self.dtype_policy)
       self.scale_layer.build(inputs_shape)
@@ -177,8 +220,10 @@ class _MCFactorAnalysisBase(_MCHeteroscedasticBase):
     """`u_s = μ + V ε_R + d ∘ ε_K`, `[B, S, K]`."""
     if loc is None:
       if self.loc_layer is None:
-        raise ValueError(f"{self.name} was built with a `loc` input; keep passing loc [B, "
-                         f"{self.size}] (or use a fresh layer without loc).")
+        raise ValueError(
+          f"{self.name} was built with a `loc` input; keep passing loc [B, "
+          f"{self.size}] (or use a fresh layer without loc)."
+        )
       loc = self.loc_layer(inputs)
     loc = ops.cast(loc, self.compute_dtype)
     return ops.expand_dims(loc, 1) + self._noise(inputs, num_samples)
@@ -310,11 +355,29 @@ class HetXLDense(_MCHeteroscedasticBase):
   Reference: Collier et al., "Massively Scaling Heteroscedastic Classifiers", ICLR 2023.
   """
 
-  def __init__(self, num_classes, num_factors=10, temperature=1.0, train_mc_samples=1000,
-               test_mc_samples=1000, share_samples_across_batch=False, return_samples=False,
-               seed=None, **kwargs):
-    super().__init__(num_classes, num_factors, temperature, train_mc_samples, test_mc_samples,
-                     share_samples_across_batch, return_samples, seed, **kwargs)
+  def __init__(
+    self,
+    num_classes,
+    num_factors=10,
+    temperature=1.0,
+    train_mc_samples=1000,
+    test_mc_samples=1000,
+    share_samples_across_batch=False,
+    return_samples=False,
+    seed=None,
+    **kwargs,
+  ):
+    super().__init__(
+      num_classes,
+      num_factors,
+      temperature,
+      train_mc_samples,
+      test_mc_samples,
+      share_samples_across_batch,
+      return_samples,
+      seed,
+      **kwargs,
+    )
     self.classifier = keras.layers.Dense(num_classes, name="classifier", dtype=self.dtype_policy)
     self.diag_layer = None
     self.embed_dim = None
@@ -333,12 +396,14 @@ class HetXLDense(_MCHeteroscedasticBase):
       raise ValueError("HetXLDense needs a known embedding size (last input dim).")
     self.embed_dim = d
     self.classifier.build(inputs_shape)
-    self.diag_layer = keras.layers.Dense(d, activation="softplus", name="diag",
-                                         dtype=self.dtype_policy)
+    self.diag_layer = keras.layers.Dense(
+      d, activation="softplus", name="diag", dtype=self.dtype_policy
+    )
     self.diag_layer.build(inputs_shape)
     if self.num_factors > 0:
-      self.scale_layer = keras.layers.Dense(d * self.num_factors, name="scale",
-                                            dtype=self.dtype_policy)
+      self.scale_layer = keras.layers.Dense(
+        d * self.num_factors, name="scale", dtype=self.dtype_policy
+      )
       self.scale_layer.build(inputs_shape)
 
   def call(self, inputs, training=None):

@@ -23,8 +23,9 @@ class InputAdapter(keras.layers.Layer):
   (2, 32, 32, 3)
   """
 
-  def __init__(self, image_size, num_channels=3, value_range=(-1.0, 1.0), in_range=(0.0, 255.0),
-               **kwargs):
+  def __init__(
+    self, image_size, num_channels=3, value_range=(-1.0, 1.0), in_range=(0.0, 255.0), **kwargs
+  ):
     super().__init__(**kwargs)
     self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     self.num_channels = num_channels
@@ -38,8 +39,10 @@ class InputAdapter(keras.layers.Layer):
     if x.shape[-1] == 1 and self.num_channels == 3:
       x = ops.repeat(x, 3, axis=-1)
     elif x.shape[-1] != self.num_channels:
-      raise ValueError(f"Images have {x.shape[-1]} channels but the backbone expects "
-                       f"{self.num_channels}; set backbone num_channels to match the data.")
+      raise ValueError(
+        f"Images have {x.shape[-1]} channels but the backbone expects "
+        f"{self.num_channels}; set backbone num_channels to match the data."
+      )
     lo, hi = self.value_range
     in_lo, in_hi = self.in_range
     return (x - in_lo) * ((hi - lo) / (in_hi - in_lo)) + lo
@@ -48,6 +51,10 @@ class InputAdapter(keras.layers.Layer):
     return (input_shape[0], *self.image_size, self.num_channels)
 
   def get_config(self):
-    return {**super().get_config(), "image_size": self.image_size,
-            "num_channels": self.num_channels, "value_range": self.value_range,
-            "in_range": self.in_range}
+    return {
+      **super().get_config(),
+      "image_size": self.image_size,
+      "num_channels": self.num_channels,
+      "value_range": self.value_range,
+      "in_range": self.in_range,
+    }

@@ -35,8 +35,11 @@ class MemberAxis(keras.layers.Layer):
     return (None, self.num_members, input_shape[-1])
 
   def get_config(self):
-    return {**super().get_config(), "num_members": self.num_members,
-            "train_members": self.train_members}
+    return {
+      **super().get_config(),
+      "num_members": self.num_members,
+      "train_members": self.train_members,
+    }
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")
@@ -66,8 +69,11 @@ class MemberMean(keras.layers.Layer):
     return (None, input_shape[-1])
 
   def get_config(self):
-    return {**super().get_config(), "num_members": self.num_members,
-            "train_members": self.train_members}
+    return {
+      **super().get_config(),
+      "num_members": self.num_members,
+      "train_members": self.train_members,
+    }
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")

@@ -10,8 +10,11 @@ import keras
 from keras import ops
 
 _EPS = 1e-12
-SUPPORTED_LAYERS = ("keras.layers.Dense", "keras.layers.Conv2D",
-                    "any layer with a `kernel` and a `kernel_call(inputs, kernel)` method")
+SUPPORTED_LAYERS = (
+  "keras.layers.Dense",
+  "keras.layers.Conv2D",
+  "any layer with a `kernel` and a `kernel_call(inputs, kernel)` method",
+)
 
 
 def _normalize(x):
@@ -71,16 +74,24 @@ class SpectralNormalization(keras.layers.Wrapper):
   """
 
   def __init__(self, layer, norm_bound=1.0, power_iterations=1, **kwargs):
-    if not (isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
-            or callable(getattr(layer, "kernel_call", None))):
-      raise TypeError(f"SpectralNormalization cannot wrap {type(layer).__name__}: supported "
-                      f"are {'; '.join(SUPPORTED_LAYERS)}.")
+    if not (
+      isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+      or callable(getattr(layer, "kernel_call", None))
+    ):
+      raise TypeError(
+        f"SpectralNormalization cannot wrap {type(layer).__name__}: supported "
+        f"are {'; '.join(SUPPORTED_LAYERS)}."
+      )
     if not norm_bound > 0:
-      raise ValueError(f"norm_bound must be > 0, got {norm_bound!r}: pass the bound c on the "
-                       "spectral norm, e.g. norm_bound=1.0 (SNGP uses 0.95 to 6).")
+      raise ValueError(
+        f"norm_bound must be > 0, got {norm_bound!r}: pass the bound c on the "
+        "spectral norm, e.g. norm_bound=1.0 (SNGP uses 0.95 to 6)."
+      )
     if int(power_iterations) != power_iterations or power_iterations < 1:
-      raise ValueError(f"power_iterations must be an integer >= 1, got {power_iterations!r}: "
-                       "use power_iterations=1 (one step per training call, as in SNGP).")
+      raise ValueError(
+        f"power_iterations must be an integer >= 1, got {power_iterations!r}: "
+        "use power_iterations=1 (one step per training call, as in SNGP)."
+      )
     super().__init__(layer, **kwargs)
     self.norm_bound = float(norm_bound)
     self.power_iterations = int(power_iterations)
@@ -91,11 +102,19 @@ class SpectralNormalization(keras.layers.Wrapper):
       raise TypeError(f"SpectralNormalization cannot wrap the quantized layer {self.layer.name}.")
     kernel = getattr(self.layer, "kernel", None)
     if kernel is None:
-      raise TypeError(f"SpectralNormalization needs a layer with a `kernel`; {self.layer.name} "
-                      f"has none after build. Supported are {'; '.join(SUPPORTED_LAYERS)}.")
-    self.u = self.add_weight(shape=(kernel.shape[-1],), initializer=_unit_normal,
-                             trainable=False, name="u", dtype="float32", autocast=False,
-                             aggregation="only_first_replica")
+      raise TypeError(
+        f"SpectralNormalization needs a layer with a `kernel`; {self.layer.name} "
+        f"has none after build. Supported are {'; '.join(SUPPORTED_LAYERS)}."
+      )
+    self.u = self.add_weight(
+      shape=(kernel.shape[-1],),
+      initializer=_unit_normal,
+      trainable=False,
+      name="u",
+      dtype="float32",
+      autocast=False,
+      aggregation="only_first_replica",
+    )
     self.built = True
 
   def _kernel_matrix(self, kernel):
@@ -110,8 +129,9 @@ class SpectralNormalization(keras.layers.Wrapper):
 
   def spectral_norm(self):
     """Current estimate of σ from the stored u (no power-iteration update)."""
-    return self._sigma(self._kernel_matrix(ops.convert_to_tensor(self.layer.kernel)),
-                       ops.convert_to_tensor(self.u))
+    return self._sigma(
+      self._kernel_matrix(ops.convert_to_tensor(self.layer.kernel)), ops.convert_to_tensor(self.u)
+    )
 
   def normalized_kernel(self, training=False):
     """`W / max(1, σ/c)`; with `training=True` first updates u by power iteration."""
@@ -154,5 +174,8 @@ class SpectralNormalization(keras.layers.Wrapper):
     return self.layer.compute_output_shape(input_shape)
 
   def get_config(self):
-    return {**super().get_config(), "norm_bound": self.norm_bound,
-            "power_iterations": self.power_iterations}
+    return {
+      **super().get_config(),
+      "norm_bound": self.norm_bound,
+      "power_iterations": self.power_iterations,
+    }

@@ -1,8 +1,38 @@
-"""Uncertainty methods, each a composition of backbone modifiers, a head and a loss."""
+"""Uncertainty methods, each a composition of backbone modifiers, a head and a loss.
 
+One file per registered method (file name = registry key = `gin_configs/methods/<key>.gin`);
+the hybrids share `hybrids.py`; URL's modules and losses live in `url/`.
+"""
+
+from keras_unc.methods import heads, modifiers
 from keras_unc.methods.base import Method
+from keras_unc.methods.batchensemble import BatchEnsemble
 from keras_unc.methods.deterministic import Deterministic
-from keras_unc.methods.ensembles import BatchEnsemble, MCDropout, ShallowEnsemble
+from keras_unc.methods.heteroscedastic import Heteroscedastic
+from keras_unc.methods.hetxl import HetXL
+from keras_unc.methods.hybrids import BESNGP, HetSNGP, Plex
+from keras_unc.methods.mc_dropout import MCDropout
 from keras_unc.methods.registry import METHODS, get_method, register
-from keras_unc.methods.sngp import BESNGP, SNGP, HetSNGP, HetXL, Heteroscedastic, Plex
+from keras_unc.methods.shallow_ensemble import ShallowEnsemble
+from keras_unc.methods.sngp import SNGP
 from keras_unc.methods.url import URL
+
+__all__ = [
+  "BESNGP",
+  "METHODS",
+  "SNGP",
+  "BatchEnsemble",
+  "Deterministic",
+  "HetSNGP",
+  "HetXL",
+  "Heteroscedastic",
+  "MCDropout",
+  "Method",
+  "Plex",
+  "ShallowEnsemble",
+  "URL",
+  "get_method",
+  "heads",
+  "modifiers",
+  "register",
+]

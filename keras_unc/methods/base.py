@@ -7,13 +7,25 @@ and an uncertainty score. Hybrids (Plex, HetSNGP, BE-SNGP) are new compositions 
 same pieces, never new code paths.
 """
 
-from keras_unc import layers, losses
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import keras
+
+from keras_unc import layers
 from keras_unc.backbones.factories import default_conv, default_dense
+from keras_unc.methods import losses
+
+if TYPE_CHECKING:
+  from keras_unc.methods.heads import Head
+  from keras_unc.methods.modifiers import Modifier
 
 LOSSES = {
-    "member_ce": losses.member_cross_entropy,  # Each member trained on its own CE.
-    "ensemble_nll": lambda y, logits, _smoothing: losses.ensemble_nll(y, logits),
-    "sigmoid": lambda y, logits, _smoothing: losses.sigmoid_cross_entropy(y, logits),
+  "member_ce": losses.member_cross_entropy,  # Each member trained on its own CE.
+  "ensemble_nll": lambda y, logits, _smoothing: losses.ensemble_nll(y, logits),
+  "sigmoid": lambda y, logits, _smoothing: losses.sigmoid_cross_entropy(y, logits),
 }
 
 
@@ -31,13 +43,21 @@ class Method:
 
   name = "base"
 
-  def __init__(self, head, modifiers=(), loss="member_ce", uncertainty="msp",
-               label_smoothing=0.0):
+  def __init__(
+    self,
+    head: Head,
+    modifiers: Sequence[Modifier] = (),
+    loss: str = "member_ce",
+    uncertainty: str = "msp",
+    label_smoothing: float = 0.0,
+  ):
     if loss not in LOSSES:
       raise ValueError(f"Unknown loss {loss!r}: choose one of {sorted(LOSSES)}.")
     if uncertainty not in layers.outputs.UNCERTAINTY_SCORES:
-      raise ValueError(f"Unknown uncertainty score {uncertainty!r}: choose one of "
-                       f"{layers.outputs.UNCERTAINTY_SCORES}.")
+      raise ValueError(
+        f"Unknown uncertainty score {uncertainty!r}: choose one of "
+        f"{layers.outputs.UNCERTAINTY_SCORES}."
+      )
     self.head = head
     self.modifiers = tuple(modifiers)
     self.loss_name = loss
@@ -45,7 +65,7 @@ class Method:
     self.label_smoothing = label_smoothing
 
   @property
-  def members(self):
+  def members(self) -> int:
     """Ensemble size M of the backbone output (1 unless a modifier tiles the batch)."""
     m = 1
     for modifier in self.modifiers:
@@ -55,7 +75,7 @@ class Method:
   # Multiple of the per-replica batch a method needs (e.g. paired losses need 2).
   batch_multiple = 1
 
-  def backbone_overrides(self):
+  def backbone_overrides(self) -> dict[str, Any]:
     """Keyword arguments for the backbone: wrapped layer factories and batch tiling."""
     dense, conv, extra = default_dense, default_conv, {}
     for modifier in self.modifiers:
@@ -67,37 +87,44 @@ class Method:
       extra["conv_factory"] = conv
     return extra
 
-  def build_head(self, embedding, num_classes):
+  def build_head(self, embedding: keras.KerasTensor, num_classes: int) -> dict[str, Any]:
     """Maps the backbone output `[M*B, D]` to the output dict (`logits [B, M, C]`,
-    `probs [B, C]`, `uncertainty [B]`, `embedding [B, D]`, plus head extras)."""
+    `probs [B, C]`, `uncertainty [B]`, `embedding [B, D]`, plus head extras).
+    """
     logits, extras = self.head(embedding, num_classes, self.members)
     kind = "sigmoid" if self.loss_name == "sigmoid" else "softmax"
     probs = layers.Predictive(kind, name="probs")(logits)
     if self.members > 1:
       embedding = layers.MemberMean(self.members, name="embedding")(embedding)
-    return {"logits": logits, "probs": probs,
-            "uncertainty": layers.UncertaintyScore(self.uncertainty, name="uncertainty")(probs),
-            "embedding": embedding, **extras}
+    return {
+      "logits": logits,
+      "probs": probs,
+      "uncertainty": layers.UncertaintyScore(self.uncertainty, name="uncertainty")(probs),
+      "embedding": embedding,
+      **extras,
+    }
 
-  def loss(self, labels, outputs):
+  def loss(self, labels, outputs: dict[str, Any]):
     """Per-example training loss `[B]` from labels (int `[B]` or soft `[B, C]`) and outputs."""
     return LOSSES[self.loss_name](labels, outputs["logits"], self.label_smoothing)
 
   def train_loss(self, images, labels, outputs):
     """Per-example loss of the train step, which also sees the images (a distillation
-    teacher runs on them: `keras_unc.transfer.distill`); by default `loss`."""
+    teacher runs on them: `keras_unc.transfer.distill`); by default `loss`.
+    """
     del images
     return self.loss(labels, outputs)
 
-  def attach(self, network):
+  def attach(self, network: keras.Model) -> None:
     """Called once with the built network, in the strategy scope, before training: build
-    what the method needs besides the network (e.g. a frozen teacher; not exported)."""
+    what the method needs besides the network (e.g. a frozen teacher; not exported).
+    """
 
-  def callbacks(self):
+  def callbacks(self) -> list[keras.callbacks.Callback]:
     """Extra Keras callbacks, e.g. resetting a GP precision matrix every epoch."""
     return list(self.head.callbacks())
 
-  def describe(self):
+  def describe(self) -> str:
     """One line for logs: the composition."""
     parts = [type(m).__name__ for m in self.modifiers] + [type(self.head).__name__]
     return f"{self.name}: " + " + ".join(parts) + f", loss={self.loss_name}"

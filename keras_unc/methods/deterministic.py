@@ -21,7 +21,18 @@ class Deterministic(Method):
     head_batchnorm: BatchNorm (no scale, no offset) before the head, as RRL's linear probe.
   """
 
-  def __init__(self, uncertainty="msp", label_smoothing=0.0, head_init="zeros",
-               loss="member_ce", head_bias_init="zeros", head_batchnorm=False):
-    super().__init__(heads.Linear(head_init, head_bias_init, head_batchnorm), loss=loss,
-                     uncertainty=uncertainty, label_smoothing=label_smoothing)
+  def __init__(
+    self,
+    uncertainty="msp",
+    label_smoothing=0.0,
+    head_init="zeros",
+    loss="member_ce",
+    head_bias_init="zeros",
+    head_batchnorm=False,
+  ):
+    super().__init__(
+      heads.Linear(head_init, head_bias_init, head_batchnorm),
+      loss=loss,
+      uncertainty=uncertainty,
+      label_smoothing=label_smoothing,
+    )

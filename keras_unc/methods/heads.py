@@ -4,24 +4,30 @@ Every head returns `(logits, extras)`; `logits` are such that `softmax(logits)` 
 member's predictive (heteroscedastic heads return the log of their Monte Carlo mean).
 """
 
+from __future__ import annotations
+
 import math
 
+import gin
 import keras
 
 from keras_unc import layers
 from keras_unc.layers.batch_ensemble import DenseBatchEnsemble, TileMembers
 from keras_unc.layers.gaussian_process import MeanFieldLogits, RandomFeatureGaussianProcess
 from keras_unc.layers.heteroscedastic import HetXLDense, MCSigmoidDenseFA, MCSoftmaxDenseFA
-from keras_unc.layers.mc_dropout import MCDropout, ShallowEnsembleHead
+from keras_unc.layers.mc_dropout import MCDropout
+from keras_unc.layers.shallow_ensemble import ShallowEnsembleHead
 
 
 class Head:
   """Base class: `__call__(embedding, num_classes, members) -> (logits, extras)`."""
 
-  def __call__(self, embedding, num_classes, members):
+  def __call__(
+    self, embedding: keras.KerasTensor, num_classes: int, members: int
+  ) -> tuple[keras.KerasTensor, dict[str, keras.KerasTensor]]:
     raise NotImplementedError
 
-  def callbacks(self):
+  def callbacks(self) -> list[keras.callbacks.Callback]:
     return []
 
 
@@ -32,7 +38,12 @@ class Linear(Head):
   RRL linear probe's feature standardisation.
   """
 
-  def __init__(self, kernel_initializer="zeros", bias_initializer="zeros", batchnorm=False):
+  def __init__(
+    self,
+    kernel_initializer: str = "zeros",
+    bias_initializer: str = "zeros",
+    batchnorm: bool = False,
+  ):
     self.kernel_initializer = kernel_initializer
     self.bias_initializer = bias_initializer
     self.batchnorm = batchnorm
@@ -40,31 +51,45 @@ class Linear(Head):
   def __call__(self, embedding, num_classes, members):
     x = embedding
     if self.batchnorm:
-      x = keras.layers.BatchNormalization(center=False, scale=False, name="head_bn",
-                                          dtype="float32")(x)
-    x = keras.layers.Dense(num_classes, kernel_initializer=self.kernel_initializer,
-                           bias_initializer=self.bias_initializer, name="head",
-                           dtype="float32")(x)
+      x = keras.layers.BatchNormalization(
+        center=False, scale=False, name="head_bn", dtype="float32"
+      )(x)
+    x = keras.layers.Dense(
+      num_classes,
+      kernel_initializer=self.kernel_initializer,
+      bias_initializer=self.bias_initializer,
+      name="head",
+      dtype="float32",
+    )(x)
     return layers.MemberAxis(members, name="logits")(x), {}
 
 
 class BatchEnsembleLinear(Head):
   """A `DenseBatchEnsemble` output layer: each member has its own rank-1 head."""
 
-  def __init__(self, fast_weight_init="normal", fast_weight_stddev=0.5):
-    self.fast = dict(alpha_initializer=fast_weight_init, gamma_initializer=fast_weight_init,
-                     fast_weight_stddev=fast_weight_stddev)
+  def __init__(self, fast_weight_init: str = "normal", fast_weight_stddev: float = 0.5):
+    self.fast = dict(
+      alpha_initializer=fast_weight_init,
+      gamma_initializer=fast_weight_init,
+      fast_weight_stddev=fast_weight_stddev,
+    )
 
   def __call__(self, embedding, num_classes, members):
-    x = DenseBatchEnsemble(num_classes, members, name="head", dtype="float32",
-                           **self.fast)(embedding)
+    x = DenseBatchEnsemble(num_classes, members, name="head", dtype="float32", **self.fast)(
+      embedding
+    )
     return layers.MemberAxis(members, name="logits")(x), {}
 
 
+@gin.configurable("shallow_ensemble_head")
 class ShallowEnsemble(Head):
-  """M independent linear heads on one shared embedding."""
+  """M independent linear heads on one shared embedding.
 
-  def __init__(self, num_heads):
+  Args:
+    num_heads: M (URL's `--num-heads` default: 10).
+  """
+
+  def __init__(self, num_heads: int = 10):
     if int(num_heads) < 1:
       raise ValueError(f"num_heads must be >= 1, got {num_heads}.")
     self.num_heads = int(num_heads)
@@ -72,15 +97,22 @@ class ShallowEnsemble(Head):
   def __call__(self, embedding, num_classes, members):
     if members != 1:
       raise ValueError("A shallow ensemble sits on an untiled backbone (members=1).")
-    logits = ShallowEnsembleHead(num_classes, self.num_heads, name="head",
-                                 dtype="float32")(embedding)
+    logits = ShallowEnsembleHead(num_classes, self.num_heads, name="head", dtype="float32")(
+      embedding
+    )
     return keras.layers.Identity(name="logits")(logits), {}
 
 
+@gin.configurable("mc_dropout_head")
 class MCDropoutHead(Head):
-  """Dropout kept on at inference before a linear layer; S samples at test, 1 in training."""
+  """Dropout kept on at inference before a linear layer; S samples at test, 1 in training.
 
-  def __init__(self, rate=0.1, num_samples=10):
+  Args:
+    rate: dropout rate.
+    num_samples: S forward samples at inference.
+  """
+
+  def __init__(self, rate: float = 0.1, num_samples: int = 10):
     if int(num_samples) < 1:
       raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
     self.rate, self.num_samples = rate, int(num_samples)
@@ -97,7 +129,8 @@ class MCDropoutHead(Head):
 
 class _Resets(keras.callbacks.Callback):
   """Resets GP precision matrices whenever training crosses a multiple of `every` steps
-  (the start of each data epoch); a resumed run resets where the uninterrupted one did."""
+  (the start of each data epoch); a resumed run resets where the uninterrupted one did.
+  """
 
   def __init__(self, gp_layers, every):
     super().__init__()
@@ -113,21 +146,47 @@ class _Resets(keras.callbacks.Callback):
         layer.reset_covariance()
 
 
+@gin.configurable("gp_head")
 class GaussianProcess(Head):
   """Random-feature GP output layer with a Laplace covariance; mean-field logits.
 
-  Args: see `RandomFeatureGaussianProcess` and `MeanFieldLogits`; `reset_every` is the
-  number of steps between precision resets (one data epoch; None: never).
+  Shared by `sngp`, `hetsngp` and `be_sngp` (gin: `gp_head`).
+
+  Args:
+    num_inducing: random features D_L.
+    normalize_input: LayerNorm on the embedding before the random features.
+    kernel_scale: the RBF length-scale: with `normalize_input` the features have unit
+      variance per dimension, so a length-scale near sqrt(D) keeps `cos(W h + b)` smooth in
+      h (with 1 the features are nearly random functions of h for D in the hundreds).
+    gp_cov_momentum: -1 for the exact Laplace precision, else its moving-average momentum.
+    gp_cov_ridge_penalty: ridge added to the precision.
+    mean_field_factor: lambda of the mean-field logits `logits / sqrt(1 + lambda var)`.
+    l2_reg: L2 penalty of the output weights.
+    reset_every: steps between precision resets (one data epoch; None: never).
+    scale_random_features: multiply the random features by sqrt(2 / D_L).
   """
 
-  def __init__(self, num_inducing=1024, normalize_input=True, kernel_scale=1.0,
-               gp_cov_momentum=-1.0, gp_cov_ridge_penalty=1.0, mean_field_factor=math.pi / 8,
-               l2_reg=0.0, reset_every=None, scale_random_features=True):
-    self.gp_args = dict(num_inducing=num_inducing, normalize_input=normalize_input,
-                        scale_random_features=scale_random_features,
-                        kernel_scale=kernel_scale, gp_cov_momentum=gp_cov_momentum,
-                        gp_cov_ridge_penalty=gp_cov_ridge_penalty,
-                        kernel_regularizer=keras.regularizers.L2(l2_reg) if l2_reg else None)
+  def __init__(
+    self,
+    num_inducing: int = 1024,
+    normalize_input: bool = True,
+    kernel_scale: float = 1.0,
+    gp_cov_momentum: float = -1.0,
+    gp_cov_ridge_penalty: float = 1.0,
+    mean_field_factor: float = math.pi / 8,
+    l2_reg: float = 0.0,
+    reset_every: int | None = None,
+    scale_random_features: bool = True,
+  ):
+    self.gp_args = dict(
+      num_inducing=num_inducing,
+      normalize_input=normalize_input,
+      scale_random_features=scale_random_features,
+      kernel_scale=kernel_scale,
+      gp_cov_momentum=gp_cov_momentum,
+      gp_cov_ridge_penalty=gp_cov_ridge_penalty,
+      kernel_regularizer=keras.regularizers.L2(l2_reg) if l2_reg else None,
+    )
     self.mean_field_factor = mean_field_factor
     self.reset_every = reset_every
     self.built_layers = []
@@ -147,25 +206,48 @@ class GaussianProcess(Head):
     return [_Resets(self.built_layers, self.reset_every)] if self.reset_every else []
 
 
+@gin.configurable("het_head")
 class Heteroscedastic(Head):
   """Low-rank + diagonal Gaussian noise on the logits, Monte Carlo softmax (or sigmoid).
 
-  Args: see `MCSoftmaxDenseFA`; `multilabel` selects `MCSigmoidDenseFA`.
+  Shared by `heteroscedastic`, `hetxl`, `plex` and `hetsngp` (gin: `het_head`).
+
+  Args:
+    num_factors: rank of the low-rank part of the noise covariance (< classes).
+    temperature: softmax temperature of the Monte Carlo predictive.
+    train_mc_samples, test_mc_samples: Monte Carlo samples in training / at inference.
+    multilabel: `MCSigmoidDenseFA` (sigmoid likelihood) instead of `MCSoftmaxDenseFA`.
+    xl: HET-XL (`HetXLDense`): the noise covariance lives in the D-dim embedding space.
   """
 
-  def __init__(self, num_factors=10, temperature=1.0, train_mc_samples=1000,
-               test_mc_samples=1000, multilabel=False):
+  def __init__(
+    self,
+    num_factors: int = 10,
+    temperature: float = 1.0,
+    train_mc_samples: int = 1000,
+    test_mc_samples: int = 1000,
+    multilabel: bool = False,
+    xl: bool = False,
+  ):
     if temperature <= 0:
       raise ValueError(f"temperature must be > 0, got {temperature}.")
-    self.args = dict(num_factors=num_factors, temperature=temperature,
-                     train_mc_samples=train_mc_samples, test_mc_samples=test_mc_samples)
-    self.multilabel = multilabel
+    self.args = dict(
+      num_factors=num_factors,
+      temperature=temperature,
+      train_mc_samples=train_mc_samples,
+      test_mc_samples=test_mc_samples,
+    )
+    self.multilabel, self.xl = multilabel, xl
 
   def het_layer(self, num_classes):
+    if self.xl:
+      return HetXLDense(num_classes, name="het", dtype="float32", **self.args)
     if self.args["num_factors"] >= num_classes:
-      raise ValueError(f"num_factors={self.args['num_factors']} must be smaller than the "
-                       f"number of classes ({num_classes}); uncertainty-baselines uses e.g. 15 "
-                       "for 1000 ImageNet classes, and at most C - 1.")
+      raise ValueError(
+        f"num_factors={self.args['num_factors']} must be smaller than the "
+        f"number of classes ({num_classes}); uncertainty-baselines uses e.g. 15 "
+        "for 1000 ImageNet classes, and at most C - 1."
+      )
     cls = MCSigmoidDenseFA if self.multilabel else MCSoftmaxDenseFA
     return cls(num_classes, name="het", dtype="float32", **self.args)
 
@@ -174,17 +256,10 @@ class Heteroscedastic(Head):
     return layers.MemberAxis(members, name="logits")(x), {}
 
 
-class HetXL(Heteroscedastic):
-  """HET-XL: the noise covariance lives in the D-dim embedding space (many classes)."""
-
-  def het_layer(self, num_classes):
-    return HetXLDense(num_classes, name="het", dtype="float32", **self.args)
-
-
 class HetGP(Head):
   """HetSNGP: GP mean logits (mean-field) as the location of heteroscedastic noise."""
 
-  def __init__(self, gp, het):
+  def __init__(self, gp: GaussianProcess, het: Heteroscedastic):
     self.gp, self.het = gp, het
 
   def __call__(self, embedding, num_classes, members):

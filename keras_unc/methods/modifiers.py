@@ -1,5 +1,14 @@
 """Backbone modifiers: they wrap the backbone's layer factories (see
-`keras_unc.backbones.factories`), so a backbone never knows which method it serves."""
+`keras_unc.backbones.factories`), so a backbone never knows which method it serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gin
+import keras
 
 from keras_unc.layers.batch_ensemble import Conv2DBatchEnsemble, DenseBatchEnsemble
 from keras_unc.layers.spectral_norm import SpectralNormalization
@@ -10,16 +19,21 @@ class Modifier:
 
   members = 1
 
-  def wrap_dense(self, factory):
+  def wrap_dense(
+    self, factory: Callable[..., keras.layers.Layer]
+  ) -> Callable[..., keras.layers.Layer]:
     return factory
 
-  def wrap_conv(self, factory):
+  def wrap_conv(
+    self, factory: Callable[..., keras.layers.Layer]
+  ) -> Callable[..., keras.layers.Layer]:
     return factory
 
-  def backbone_kwargs(self):
+  def backbone_kwargs(self) -> dict[str, Any]:
     return {}
 
 
+@gin.configurable("ensemble")
 class Ensemble(Modifier):
   """BatchEnsemble layers (rank-1 fast weights per member) in chosen backbone blocks.
 
@@ -34,16 +48,27 @@ class Ensemble(Modifier):
     fast_weight_init: "random_sign", "normal" or "ones"; `fast_weight_stddev` for "normal".
   """
 
-  def __init__(self, ensemble_size, blocks=None, mlp_only=True, fast_weight_init="normal",
-               fast_weight_stddev=0.5):
+  def __init__(
+    self,
+    ensemble_size: int = 4,
+    blocks: Sequence[int | str] | None = None,
+    mlp_only: bool = True,
+    fast_weight_init: str = "normal",
+    fast_weight_stddev: float = 0.5,
+  ):
     if int(ensemble_size) < 1:
-      raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}: use 1 for a "
-                       "single model or e.g. 4 for a 4-member BatchEnsemble.")
+      raise ValueError(
+        f"ensemble_size must be >= 1, got {ensemble_size}: use 1 for a "
+        "single model or e.g. 4 for a 4-member BatchEnsemble."
+      )
     self.members = int(ensemble_size)
     self.blocks = None if blocks is None else tuple(blocks)
     self.mlp_only = mlp_only
-    self.fast = dict(alpha_initializer=fast_weight_init, gamma_initializer=fast_weight_init,
-                     fast_weight_stddev=fast_weight_stddev)
+    self.fast = dict(
+      alpha_initializer=fast_weight_init,
+      gamma_initializer=fast_weight_init,
+      fast_weight_stddev=fast_weight_stddev,
+    )
 
   def _chosen(self, name, block):
     if self.blocks is None:
@@ -57,21 +82,27 @@ class Ensemble(Modifier):
       if not self._chosen(name, block):
         return factory(units, name=name, block=block, **kwargs)
       return DenseBatchEnsemble(units, self.members, name=name, **self.fast, **kwargs)
+
     return dense
 
   def wrap_conv(self, factory):
     def conv(filters, kernel_size, *, name, block=None, **kwargs):
       if not self._chosen(name, block):
         return factory(filters, kernel_size, name=name, block=block, **kwargs)
-      return Conv2DBatchEnsemble(filters, kernel_size, self.members, name=name, **self.fast,
-                                 **kwargs)
+      return Conv2DBatchEnsemble(
+        filters, kernel_size, self.members, name=name, **self.fast, **kwargs
+      )
+
     return conv
 
   def backbone_kwargs(self):
-    return {"tile_members": self.members,
-            "tile_before_block": None if self.blocks is None else self.blocks[0]}
+    return {
+      "tile_members": self.members,
+      "tile_before_block": None if self.blocks is None else self.blocks[0],
+    }
 
 
+@gin.configurable("spectral_norm")
 class SpectralNorm(Modifier):
   """Spectral normalisation (`W * min(1, c / sigma)`) of the backbone's Dense/Conv layers.
 
@@ -81,16 +112,21 @@ class SpectralNorm(Modifier):
     dense, conv: which layer kinds to normalise.
   """
 
-  def __init__(self, norm_bound=6.0, power_iterations=1, dense=True, conv=True):
+  def __init__(
+    self, norm_bound: float = 6.0, power_iterations: int = 1, dense: bool = True, conv: bool = True
+  ):
     if not norm_bound > 0:
-      raise ValueError(f"Spectral-norm bound must be > 0, got {norm_bound}: typical values "
-                       "are 0.95 to 6 (uncertainty-baselines uses 6 for ResNet-50).")
+      raise ValueError(
+        f"Spectral-norm bound must be > 0, got {norm_bound}: typical values "
+        "are 0.95 to 6 (uncertainty-baselines uses 6 for ResNet-50)."
+      )
     self.norm_bound, self.power_iterations = float(norm_bound), int(power_iterations)
     self.dense, self.conv = dense, conv
 
   def _wrap(self, layer, name):
-    return SpectralNormalization(layer, norm_bound=self.norm_bound,
-                                 power_iterations=self.power_iterations, name=f"{name}_sn")
+    return SpectralNormalization(
+      layer, norm_bound=self.norm_bound, power_iterations=self.power_iterations, name=f"{name}_sn"
+    )
 
   def wrap_dense(self, factory):
     if not self.dense:
@@ -98,6 +134,7 @@ class SpectralNorm(Modifier):
 
     def dense(units, *, name, block=None, **kwargs):
       return self._wrap(factory(units, name=name, block=block, **kwargs), name)
+
     return dense
 
   def wrap_conv(self, factory):
@@ -106,4 +143,5 @@ class SpectralNorm(Modifier):
 
     def conv(filters, kernel_size, *, name, block=None, **kwargs):
       return self._wrap(factory(filters, kernel_size, name=name, block=block, **kwargs), name)
+
     return conv

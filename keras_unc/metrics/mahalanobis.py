@@ -22,71 +22,70 @@ _CHUNK = 4096
 
 
 def _whitener(centered, rcond):
-    """``L`` with ``L L^T = pinv(cov)``, for ``cov = centered^T centered / N``."""
-    cov = centered.T @ centered / centered.shape[0]
-    eigs, vecs = np.linalg.eigh(cov)
-    keep = eigs > rcond * max(float(eigs[-1]), 0.0)
-    return vecs[:, keep] / np.sqrt(eigs[keep])
+  """``L`` with ``L L^T = pinv(cov)``, for ``cov = centered^T centered / N``."""
+  cov = centered.T @ centered / centered.shape[0]
+  eigs, vecs = np.linalg.eigh(cov)
+  keep = eigs > rcond * max(float(eigs[-1]), 0.0)
+  return vecs[:, keep] / np.sqrt(eigs[keep])
 
 
 def _min_sq_dist(z, centers):
-    """``min_k ||z - c_k||^2`` row-wise, chunked over rows of ``z``."""
-    c_sq = np.sum(centers * centers, axis=1)
-    out = np.empty(z.shape[0])
-    for s in range(0, z.shape[0], _CHUNK):
-        zz = z[s : s + _CHUNK]
-        d = np.sum(zz * zz, axis=1, keepdims=True) - 2.0 * zz @ centers.T + c_sq
-        out[s : s + _CHUNK] = np.maximum(d.min(axis=1), 0.0)
-    return out
+  """``min_k ||z - c_k||^2`` row-wise, chunked over rows of ``z``."""
+  c_sq = np.sum(centers * centers, axis=1)
+  out = np.empty(z.shape[0])
+  for s in range(0, z.shape[0], _CHUNK):
+    zz = z[s : s + _CHUNK]
+    d = np.sum(zz * zz, axis=1, keepdims=True) - 2.0 * zz @ centers.T + c_sq
+    out[s : s + _CHUNK] = np.maximum(d.min(axis=1), 0.0)
+  return out
 
 
 def mahalanobis_scores(train_emb, train_labels, test_emb, relative=False, *, rcond=1e-10):
-    """Per-example Mahalanobis OOD score of ``test_emb``.
+  """Per-example Mahalanobis OOD score of ``test_emb``.
 
-    ``score(z) = min_k d_k(z)`` over the classes of the train set (module
-    docstring).  With ``relative=True`` the relative Mahalanobis distance of
-    Ren et al. (2021): ``min_k d_k(z) - d_0(z)``, where ``d_0`` is the squared
-    distance under one class-agnostic Gaussian (mean and covariance of all train
-    embeddings); ``d_0`` does not depend on ``k``, so this equals
-    ``min_k (d_k - d_0)``.
+  ``score(z) = min_k d_k(z)`` over the classes of the train set (module
+  docstring).  With ``relative=True`` the relative Mahalanobis distance of
+  Ren et al. (2021): ``min_k d_k(z) - d_0(z)``, where ``d_0`` is the squared
+  distance under one class-agnostic Gaussian (mean and covariance of all train
+  embeddings); ``d_0`` does not depend on ``k``, so this equals
+  ``min_k (d_k - d_0)``.
 
-    Args:
-        train_emb: ``[N, D]`` in-distribution train embeddings.
-        train_labels: ``[N]`` integer class ids (any non-negative ints).
-        test_emb: ``[M, D]`` embeddings to score.
-        relative: subtract the class-agnostic distance.
-        rcond: relative eigenvalue cut-off of the pseudo-inverse.
+  Args:
+      train_emb: ``[N, D]`` in-distribution train embeddings.
+      train_labels: ``[N]`` integer class ids (any non-negative ints).
+      test_emb: ``[M, D]`` embeddings to score.
+      relative: subtract the class-agnostic distance.
+      rcond: relative eigenvalue cut-off of the pseudo-inverse.
 
-    Returns:
-        float64 ``[M]`` scores.
+  Returns:
+      float64 ``[M]`` scores.
 
-    References: Lee et al. (2018), "A Simple Unified Framework for Detecting
-    Out-of-Distribution Samples and Adversarial Attacks", NeurIPS; Ren et al.
-    (2021), "A Simple Fix to Mahalanobis Distance for Improving Near-OOD
-    Detection", arXiv:2106.09022.
-    """
-    train_labels = check_labels(train_labels, None)
-    train = check_embeddings(train_emb, "train_emb", n=train_labels.shape[0])
-    test = check_embeddings(test_emb, "test_emb")
-    if test.shape[1] != train.shape[1]:
-        raise ValueError(
-            f"test_emb must have the train dimension {train.shape[1]}, got shape "
-            f"{test.shape}."
-        )
-    # Work around the global train mean: smaller numbers, same distances.
-    origin = train.mean(axis=0)
-    train = train - origin
-    test = test - origin
-    _, inverse = np.unique(train_labels, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    counts = np.bincount(inverse)
-    order = np.argsort(inverse, kind="stable")
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    means = np.add.reduceat(train[order], starts, axis=0) / counts[:, None]
-    w = _whitener(train - means[inverse], rcond)
-    scores = _min_sq_dist(test @ w, means @ w)
-    if relative:
-        w0 = _whitener(train, rcond)  # Mean of `train` is 0 after centring.
-        zw = test @ w0
-        scores = scores - np.sum(zw * zw, axis=1)
-    return scores
+  References: Lee et al. (2018), "A Simple Unified Framework for Detecting
+  Out-of-Distribution Samples and Adversarial Attacks", NeurIPS; Ren et al.
+  (2021), "A Simple Fix to Mahalanobis Distance for Improving Near-OOD
+  Detection", arXiv:2106.09022.
+  """
+  train_labels = check_labels(train_labels, None)
+  train = check_embeddings(train_emb, "train_emb", n=train_labels.shape[0])
+  test = check_embeddings(test_emb, "test_emb")
+  if test.shape[1] != train.shape[1]:
+    raise ValueError(
+      f"test_emb must have the train dimension {train.shape[1]}, got shape {test.shape}."
+    )
+  # Work around the global train mean: smaller numbers, same distances.
+  origin = train.mean(axis=0)
+  train = train - origin
+  test = test - origin
+  _, inverse = np.unique(train_labels, return_inverse=True)
+  inverse = inverse.reshape(-1)
+  counts = np.bincount(inverse)
+  order = np.argsort(inverse, kind="stable")
+  starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+  means = np.add.reduceat(train[order], starts, axis=0) / counts[:, None]
+  w = _whitener(train - means[inverse], rcond)
+  scores = _min_sq_dist(test @ w, means @ w)
+  if relative:
+    w0 = _whitener(train, rcond)  # Mean of `train` is 0 after centring.
+    zw = test @ w0
+    scores = scores - np.sum(zw * zw, axis=1)
+  return scores

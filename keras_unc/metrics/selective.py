@@ -20,76 +20,76 @@ __all__ = ["accuracy_coverage_curve", "aurc", "oracle_collaborative_accuracy"]
 
 
 def _ranked_correctness(probs, labels, uncertainty):
-    """Expected correctness in order of increasing uncertainty (ties averaged)."""
-    probs, labels = check_probs_labels(probs, labels, float64=False)
-    n = probs.shape[0]
-    if uncertainty is None:
-        uncertainty = 1.0 - probs.max(axis=1).astype(np.float64)
-    else:
-        uncertainty = check_scores(uncertainty, "uncertainty", n=n)
-    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
-    order = np.argsort(uncertainty, kind="stable")
-    u = uncertainty[order]
-    c = correct[order]
-    starts = np.concatenate(([0], np.flatnonzero(u[1:] != u[:-1]) + 1))
-    sizes = np.diff(np.concatenate((starts, [n])))
-    group_mean = np.add.reduceat(c, starts) / sizes
-    return np.repeat(group_mean, sizes)
+  """Expected correctness in order of increasing uncertainty (ties averaged)."""
+  probs, labels = check_probs_labels(probs, labels, float64=False)
+  n = probs.shape[0]
+  if uncertainty is None:
+    uncertainty = 1.0 - probs.max(axis=1).astype(np.float64)
+  else:
+    uncertainty = check_scores(uncertainty, "uncertainty", n=n)
+  correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+  order = np.argsort(uncertainty, kind="stable")
+  u = uncertainty[order]
+  c = correct[order]
+  starts = np.concatenate(([0], np.flatnonzero(u[1:] != u[:-1]) + 1))
+  sizes = np.diff(np.concatenate((starts, [n])))
+  group_mean = np.add.reduceat(c, starts) / sizes
+  return np.repeat(group_mean, sizes)
 
 
 def accuracy_coverage_curve(probs, labels, uncertainty=None):
-    """Accuracy of the ``k`` most confident examples, for ``k = 1 .. N``.
+  """Accuracy of the ``k`` most confident examples, for ``k = 1 .. N``.
 
-    Returns:
-        ``(coverage, accuracy)``: float64 arrays of length ``N`` with
-        ``coverage[k-1] = k / N`` and ``accuracy[k-1]`` the (tie-averaged, see
-        module docstring) accuracy of the ``k`` least uncertain examples.
+  Returns:
+      ``(coverage, accuracy)``: float64 arrays of length ``N`` with
+      ``coverage[k-1] = k / N`` and ``accuracy[k-1]`` the (tie-averaged, see
+      module docstring) accuracy of the ``k`` least uncertain examples.
 
-    Reference: Geifman & El-Yaniv (2017), "Selective Classification for Deep
-    Neural Networks", NeurIPS.
-    """
-    expected = _ranked_correctness(probs, labels, uncertainty)
-    k = np.arange(1, expected.shape[0] + 1, dtype=np.float64)
-    return k / expected.shape[0], np.cumsum(expected) / k
+  Reference: Geifman & El-Yaniv (2017), "Selective Classification for Deep
+  Neural Networks", NeurIPS.
+  """
+  expected = _ranked_correctness(probs, labels, uncertainty)
+  k = np.arange(1, expected.shape[0] + 1, dtype=np.float64)
+  return k / expected.shape[0], np.cumsum(expected) / k
 
 
 def aurc(probs, labels, uncertainty=None) -> float:
-    """Area under the risk-coverage curve (lower is better).
+  """Area under the risk-coverage curve (lower is better).
 
-    ``AURC = (1/N) sum_{k=1}^{N} risk_k`` with ``risk_k`` the error rate
-    (0/1 loss) of the ``k`` least uncertain examples, i.e. one minus the mean
-    of :func:`accuracy_coverage_curve`.  Tied uncertainties: expected risk over
-    random tie-breaking (module docstring).
+  ``AURC = (1/N) sum_{k=1}^{N} risk_k`` with ``risk_k`` the error rate
+  (0/1 loss) of the ``k`` least uncertain examples, i.e. one minus the mean
+  of :func:`accuracy_coverage_curve`.  Tied uncertainties: expected risk over
+  random tie-breaking (module docstring).
 
-    Reference: Geifman, Uziel & El-Yaniv (2019), "Bias-Reduced Uncertainty
-    Estimation for Deep Neural Classifiers", ICLR (Eq. for AURC).
-    """
-    _, acc = accuracy_coverage_curve(probs, labels, uncertainty)
-    return float(np.mean(1.0 - acc))
+  Reference: Geifman, Uziel & El-Yaniv (2019), "Bias-Reduced Uncertainty
+  Estimation for Deep Neural Classifiers", ICLR (Eq. for AURC).
+  """
+  _, acc = accuracy_coverage_curve(probs, labels, uncertainty)
+  return float(np.mean(1.0 - acc))
 
 
 def oracle_collaborative_accuracy(probs, labels, fraction, uncertainty=None) -> float:
-    """Accuracy when the ``fraction`` most uncertain examples go to an oracle.
+  """Accuracy when the ``fraction`` most uncertain examples go to an oracle.
 
-    ``n_oracle = floor(fraction * N)`` examples with the highest uncertainty
-    are counted correct, the rest keep the model's correctness::
+  ``n_oracle = floor(fraction * N)`` examples with the highest uncertainty
+  are counted correct, the rest keep the model's correctness::
 
-        OCA = (n_oracle + sum_{i not sent} [argmax p_i == y_i]) / N
+      OCA = (n_oracle + sum_{i not sent} [argmax p_i == y_i]) / N
 
-    ``floor`` follows uncertainty-baselines / uncertainty_metrics
-    ``OracleCollaborativeAccuracy`` (``int(num_total_examples * fraction)``),
-    evaluated with a 1e-9 guard against float error (``0.29 * 100`` gives 29).
-    That implementation bins confidences into 100 equal-width bins and, in the
-    bin that is only partly sent, credits the rest with the bin's accuracy; here
-    the order is exact per example and only a partly sent group of *tied*
-    uncertainties is credited with its mean correctness.  Plex reports
-    fractions 0.5%, 1%, 2% and 5%.
+  ``floor`` follows uncertainty-baselines / uncertainty_metrics
+  ``OracleCollaborativeAccuracy`` (``int(num_total_examples * fraction)``),
+  evaluated with a 1e-9 guard against float error (``0.29 * 100`` gives 29).
+  That implementation bins confidences into 100 equal-width bins and, in the
+  bin that is only partly sent, credits the rest with the bin's accuracy; here
+  the order is exact per example and only a partly sent group of *tied*
+  uncertainties is credited with its mean correctness.  Plex reports
+  fractions 0.5%, 1%, 2% and 5%.
 
-    Raises:
-        ValueError: if ``fraction`` is not in ``[0, 1]`` or on invalid inputs.
-    """
-    fraction = check_fraction(fraction)
-    expected = _ranked_correctness(probs, labels, uncertainty)
-    n = expected.shape[0]
-    n_oracle = min(n, int(np.floor(fraction * n + 1e-9)))
-    return float((n_oracle + expected[: n - n_oracle].sum()) / n)
+  Raises:
+      ValueError: if ``fraction`` is not in ``[0, 1]`` or on invalid inputs.
+  """
+  fraction = check_fraction(fraction)
+  expected = _ranked_correctness(probs, labels, uncertainty)
+  n = expected.shape[0]
+  n_oracle = min(n, int(np.floor(fraction * n + 1e-9)))
+  return float((n_oracle + expected[: n - n_oracle].sum()) / n)

@@ -20,12 +20,11 @@ member_head_kernel.checkpoints = ['/runs/seed0_ft', '/runs/seed1_ft']
 ```
 """
 
-
 import gin
 import keras
 import numpy as np
 
-from keras_unc import checkpoints as ckpt_lib
+from keras_unc.runtime import checkpoints as ckpt_lib
 
 
 def _skippable(path):
@@ -35,7 +34,8 @@ def _skippable(path):
 
 def stored_by_key(path):
   """`{(layer, weight): array}` of a checkpoint's model variables, with the paths; a key
-  that occurs twice (e.g. a checkpoint of a CAT network) maps to None (ambiguous)."""
+  that occurs twice (e.g. a checkpoint of a CAT network) maps to None (ambiguous).
+  """
   arrays, meta = ckpt_lib.read(ckpt_lib.resolve(path))
   stored = {}
   for i, (var_path, _) in enumerate(meta.get("variables", [])):
@@ -52,10 +52,11 @@ def load_backbone_weights(backbone, path):
   Matching is by (layer, weight) name; every backbone weight must be found with its
   shape (a missing or mismatched one raises `CheckpointMismatchError` listing them), the
   checkpoint's other weights (its head) are ignored. A `.npz` path is imported with
-  `keras_unc.transfer.npz_import.import_npz` (big_vision / vision_transformer names).
+  `keras_unc.backbones.pretrained.npz_import.import_npz` (big_vision / vision_transformer names).
   """
   if str(path).endswith(".npz"):
-    from keras_unc.transfer.npz_import import import_npz  # pylint: disable=import-outside-toplevel
+    from keras_unc.backbones.pretrained.npz_import import import_npz
+
     return import_npz(backbone, path)
   stored = stored_by_key(path)
   problems, pairs = [], []
@@ -74,17 +75,19 @@ def load_backbone_weights(backbone, path):
       pairs.append((var, value))
   if problems:
     raise ckpt_lib.CheckpointMismatchError(
-        f"Checkpoint {path} does not hold the weights of backbone {backbone.name!r}: "
-        f"{'; '.join(problems[:10])}{' ...' if len(problems) > 10 else ''}. Use the "
-        "checkpoint of a network with this backbone (same variant, width, image size).")
+      f"Checkpoint {path} does not hold the weights of backbone {backbone.name!r}: "
+      f"{'; '.join(problems[:10])}{' ...' if len(problems) > 10 else ''}. Use the "
+      "checkpoint of a network with this backbone (same variant, width, image size)."
+    )
   for var, value in pairs:
     var.assign(value)
   return f"{len(pairs)} backbone variables loaded from {path}"
 
 
 @gin.configurable
-def cat_backbone(*, image_size, num_channels=3, members=gin.REQUIRED, checkpoints=None,
-                 name="cat", **overrides):
+def cat_backbone(
+  *, image_size, num_channels=3, members=gin.REQUIRED, checkpoints=None, name="cat", **overrides
+):
   """A backbone whose embedding concatenates those of N member backbones (`CAT_N`).
 
   Args:
@@ -105,22 +108,25 @@ def cat_backbone(*, image_size, num_channels=3, members=gin.REQUIRED, checkpoint
   """
   members = list(members)
   if not members:
-    raise ValueError("cat_backbone.members is empty: list the member backbones, e.g. "
-                     "[@member0/vit, @member1/vit].")
+    raise ValueError(
+      "cat_backbone.members is empty: list the member backbones, e.g. [@member0/vit, @member1/vit]."
+    )
   if checkpoints is not None and len(checkpoints) != len(members):
-    raise ValueError(f"cat_backbone: {len(members)} members but {len(checkpoints)} "
-                     "checkpoints: give one path (or None) per member.")
+    raise ValueError(
+      f"cat_backbone: {len(members)} members but {len(checkpoints)} "
+      "checkpoints: give one path (or None) per member."
+    )
   size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
   images = keras.Input((*size, num_channels), name="images")
   features = []
   for i, member in enumerate(members):
-    net = member(image_size=image_size, num_channels=num_channels, name=f"member{i}",
-                 **overrides)
+    net = member(image_size=image_size, num_channels=num_channels, name=f"member{i}", **overrides)
     if checkpoints is not None and checkpoints[i]:
       load_backbone_weights(net, checkpoints[i])
     features.append(net(images))
-  out = (keras.layers.Concatenate(name="cat_embedding")(features) if len(features) > 1
-         else features[0])
+  out = (
+    keras.layers.Concatenate(name="cat_embedding")(features) if len(features) > 1 else features[0]
+  )
   return keras.Model(images, out, name=name)
 
 
@@ -149,8 +155,9 @@ class MemberHeads(keras.initializers.Initializer):
       value = stored_by_key(path).get((self.layer, self.part))
       if value is None:
         raise ckpt_lib.CheckpointMismatchError(
-            f"Checkpoint {path} has no single linear {self.layer}/{self.part}: two-stage "
-            "heads are initialised from deterministic (linear-head) members.")
+          f"Checkpoint {path} has no single linear {self.layer}/{self.part}: two-stage "
+          "heads are initialised from deterministic (linear-head) members."
+        )
       found.append(np.asarray(value, np.float32))
     n = len(found)
     if self.part == "kernel":
@@ -160,9 +167,11 @@ class MemberHeads(keras.initializers.Initializer):
   def __call__(self, shape, dtype=None):
     value = self.values()
     if tuple(value.shape) != tuple(shape):
-      raise ValueError(f"MemberHeads: the members' heads give a {self.part} of shape "
-                       f"{value.shape} but the CAT head needs {tuple(shape)}: list the same "
-                       "members (in the same order) as cat_backbone.")
+      raise ValueError(
+        f"MemberHeads: the members' heads give a {self.part} of shape "
+        f"{value.shape} but the CAT head needs {tuple(shape)}: list the same "
+        "members (in the same order) as cat_backbone."
+      )
     return keras.ops.convert_to_tensor(value, dtype=dtype or "float32")
 
   def get_config(self):

@@ -32,13 +32,14 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_unc import checkpoints as ckpt_lib
 from keras_unc.methods.base import Method
+from keras_unc.runtime import checkpoints as ckpt_lib
 
 
 def distillation_kl(teacher_logits, student_logits, temperature):
   """`T^2 KL(p || q)` per example: `p = mean_m softmax(t_m / T)` (`t: [B, Mt, C]`),
-  `q_m = softmax(s_m / T)` (`s: [B, Ms, C]`), averaged over the student's members."""
+  `q_m = softmax(s_m / T)` (`s: [B, Ms, C]`), averaged over the student's members.
+  """
   t = ops.cast(teacher_logits, "float32") / temperature
   s = ops.cast(student_logits, "float32") / temperature
   p = ops.mean(ops.softmax(t, axis=-1), axis=1)  # [B, C]
@@ -53,10 +54,11 @@ def load_teacher(path, num_classes, input_shape, scope="teacher", method="determ
   bindings of `scope/build_network` (e.g. `teacher/build_network.backbone = @cat_backbone`)
   and loaded from a keras_unc checkpoint (folder or workdir; built with the method that
   wrote it) or, with `path=None`, initialised by those bindings alone (a CAT teacher from
-  its members' checkpoints: `teacher/cat_backbone.checkpoints`, `member_head_*`)."""
-  from keras_unc.evaluators.saved_model import SavedModelNetwork  # pylint: disable=import-outside-toplevel
-  from keras_unc.methods import get_method  # pylint: disable=import-outside-toplevel
-  from keras_unc.model import build_network  # pylint: disable=import-outside-toplevel
+  its members' checkpoints: `teacher/cat_backbone.checkpoints`, `member_head_*`).
+  """
+  from keras_unc.evaluators.saved_model import SavedModelNetwork
+  from keras_unc.methods import get_method
+  from keras_unc.training.network import build_network
 
   if path is not None and tf.saved_model.contains_saved_model(path):
     return SavedModelNetwork(path)
@@ -95,19 +97,35 @@ class Distill(Method):
     teacher_method: registered method of a teacher built without a checkpoint.
   """
 
-  def __init__(self, student=None, teacher=gin.REQUIRED, temperature=1.0, kl_weight=1.0,
-               label_weight=0.0, embedding_weight=0.0, projection_dim=None,
-               teacher_method="deterministic"):
-    from keras_unc.methods.deterministic import Deterministic  # pylint: disable=import-outside-toplevel
+  def __init__(
+    self,
+    student=None,
+    teacher=gin.REQUIRED,
+    temperature=1.0,
+    kl_weight=1.0,
+    label_weight=0.0,
+    embedding_weight=0.0,
+    projection_dim=None,
+    teacher_method="deterministic",
+  ):
+    from keras_unc.methods.deterministic import Deterministic
+
     student = student or Deterministic()
     if not temperature > 0:
       raise ValueError(f"Distill.temperature must be > 0, got {temperature}.")
     if min(kl_weight, label_weight, embedding_weight) < 0 or not (
-        kl_weight or label_weight or embedding_weight):
-      raise ValueError("Distill: kl_weight, label_weight and embedding_weight must be >= 0 "
-                       "and one of them > 0.")
-    super().__init__(student.head, student.modifiers, loss=student.loss_name,
-                     uncertainty=student.uncertainty, label_smoothing=student.label_smoothing)
+      kl_weight or label_weight or embedding_weight
+    ):
+      raise ValueError(
+        "Distill: kl_weight, label_weight and embedding_weight must be >= 0 and one of them > 0."
+      )
+    super().__init__(
+      student.head,
+      student.modifiers,
+      loss=student.loss_name,
+      uncertainty=student.uncertainty,
+      label_smoothing=student.label_smoothing,
+    )
     self.student, self.teacher_path = student, teacher
     self.temperature, self.kl_weight = float(temperature), float(kl_weight)
     self.label_weight, self.embedding_weight = float(label_weight), float(embedding_weight)
@@ -123,8 +141,8 @@ class Distill(Method):
     outputs = self.student.build_head(embedding, num_classes)
     if self.projection_dim is not None:
       outputs["distill_embedding"] = keras.layers.Dense(
-          self.projection_dim, name="distill_projection", dtype="float32")(
-              outputs["embedding"])
+        self.projection_dim, name="distill_projection", dtype="float32"
+      )(outputs["embedding"])
     return outputs
 
   def loss(self, labels, outputs):
@@ -135,21 +153,26 @@ class Distill(Method):
 
   def attach(self, network):
     num_classes = network.output["logits"].shape[-1]
-    self.teacher = load_teacher(self.teacher_path, num_classes,
-                                tuple(network.inputs[0].shape[1:]), method=self.teacher_method)
+    self.teacher = load_teacher(
+      self.teacher_path, num_classes, tuple(network.inputs[0].shape[1:]), method=self.teacher_method
+    )
 
   def train_loss(self, images, labels, outputs):
     if self.teacher is None:
-      raise RuntimeError("Distill: the teacher is not loaded; the trainer calls "
-                         "method.attach(network) before training.")
+      raise RuntimeError(
+        "Distill: the teacher is not loaded; the trainer calls "
+        "method.attach(network) before training."
+      )
     teacher = self.teacher(images, training=False)
     total = 0.0
     if self.kl_weight:
       t_logits = ops.stop_gradient(teacher["logits"])
       if t_logits.shape[-1] != outputs["logits"].shape[-1]:
-        raise ValueError(f"Distill: the teacher has {t_logits.shape[-1]} classes, the "
-                         f"student {outputs['logits'].shape[-1]}: distil on the same label "
-                         "set, or set kl_weight = 0 and use the embedding regression.")
+        raise ValueError(
+          f"Distill: the teacher has {t_logits.shape[-1]} classes, the "
+          f"student {outputs['logits'].shape[-1]}: distil on the same label "
+          "set, or set kl_weight = 0 and use the embedding regression."
+        )
       total += self.kl_weight * distillation_kl(t_logits, outputs["logits"], self.temperature)
     if self.label_weight:
       total += self.label_weight * self.student.loss(labels, outputs)
@@ -157,9 +180,12 @@ class Distill(Method):
       z = outputs.get("distill_embedding", outputs["embedding"])
       target = ops.stop_gradient(ops.cast(teacher["embedding"], "float32"))
       if z.shape[-1] != target.shape[-1]:
-        raise ValueError(f"Distill: student embedding width {z.shape[-1]} != teacher's "
-                         f"{target.shape[-1]}: set Distill.projection_dim = "
-                         f"{target.shape[-1]}.")
-      total += self.embedding_weight * ops.mean(ops.square(ops.cast(z, "float32") - target),
-                                                axis=-1)
+        raise ValueError(
+          f"Distill: student embedding width {z.shape[-1]} != teacher's "
+          f"{target.shape[-1]}: set Distill.projection_dim = "
+          f"{target.shape[-1]}."
+        )
+      total += self.embedding_weight * ops.mean(
+        ops.square(ops.cast(z, "float32") - target), axis=-1
+      )
     return total

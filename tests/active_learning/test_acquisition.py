@@ -82,13 +82,17 @@ def test_density_rank_deficient_is_finite():
 def test_compute_scores_dispatch_and_unknown():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(6, 2, 3))
-  out = {"logits": logits, "probs": _softmax(logits).mean(axis=1),
-         "embedding": rng.normal(size=(6, 2))}
+  out = {
+    "logits": logits,
+    "probs": _softmax(logits).mean(axis=1),
+    "embedding": rng.normal(size=(6, 2)),
+  }
   np.testing.assert_allclose(acq.compute_scores("margin", out), acq.margin_scores(out["probs"]))
   np.testing.assert_allclose(acq.compute_scores("bald", out), acq.bald_scores(logits))
   dens = acq.compute_scores("density", out, labelled=[0, 1, 2, 3], labelled_labels=[0, 0, 1, 1])
-  np.testing.assert_allclose(dens, acq.density_scores(out["embedding"][:4], [0, 0, 1, 1],
-                                                      out["embedding"]))
+  np.testing.assert_allclose(
+    dens, acq.density_scores(out["embedding"][:4], [0, 0, 1, 1], out["embedding"])
+  )
   u1 = acq.compute_scores("uniform", out, rng=np.random.default_rng(5))
   u2 = acq.compute_scores("uniform", out, rng=np.random.default_rng(5))
   np.testing.assert_array_equal(u1, u2)
@@ -110,8 +114,9 @@ def test_gumbel_zero_scale_is_top_k_and_seeded(noise):
   exclude = rng.choice(200, 30, replace=False)
   top = acq.select(scores, 20, exclude=exclude)
   for beta in (0.0, 1e-12):
-    got = acq.select(scores, 20, exclude=exclude, noise=noise, beta=beta,
-                     rng=np.random.default_rng(9))
+    got = acq.select(
+      scores, 20, exclude=exclude, noise=noise, beta=beta, rng=np.random.default_rng(9)
+    )
     np.testing.assert_array_equal(got, top)
   a = acq.select(scores, 20, exclude=exclude, noise=noise, beta=1.0, rng=np.random.default_rng(4))
   b = acq.select(scores, 20, exclude=exclude, noise=noise, beta=1.0, rng=np.random.default_rng(4))
@@ -126,8 +131,9 @@ def test_gumbel_softmax_samples_proportionally():
   # softmax acquisition of one item = sampling p ∝ exp(s / beta) (Gumbel-max trick).
   scores = np.log(np.array([1.0, 2.0, 5.0]))
   rng = np.random.default_rng(0)
-  counts = np.bincount([acq.select(scores, 1, noise="softmax", beta=1.0, rng=rng)[0]
-                        for _ in range(4000)], minlength=3)
+  counts = np.bincount(
+    [acq.select(scores, 1, noise="softmax", beta=1.0, rng=rng)[0] for _ in range(4000)], minlength=3
+  )
   np.testing.assert_allclose(counts / 4000, [0.125, 0.25, 0.625], atol=0.03)
 
 

@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from keras_unc import config
-from keras_unc import train as train_lib
 from keras_unc.active_learning import active_learning, loop
+from keras_unc.training import trainer as train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = "testing/active_learning_tiny.gin"
@@ -39,9 +39,20 @@ def _lines(workdir):
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("al")
-  proc = subprocess.run([sys.executable, "-m", "keras_unc.active_learning",
-                         f"--gin_file={TINY}", f"--workdir={workdir}"],
-                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "keras_unc",
+      "active-learning",
+      f"--gin_file={TINY}",
+      f"--workdir={workdir}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   return workdir, proc.stdout
 
@@ -75,9 +86,11 @@ def test_entropy_acquires_highest_entropy_examples(cli_run):
   gin.clear_config()
   config.parse([TINY])
   labelled = _labelled(workdir, 0)
-  result = train_lib.train(str(workdir / "round_000"), "eval",
-                           dataset=f"digits@{workdir}/round_000/labelled.json")
-  from keras_unc.evaluators import Predictor  # pylint: disable=import-outside-toplevel
+  result = train_lib.train(
+    str(workdir / "round_000"), "eval", dataset=f"digits@{workdir}/round_000/labelled.json"
+  )
+  from keras_unc.evaluators import Predictor
+
   outputs, _ = Predictor(result["network"])("digits", "train")
   p = outputs["probs"].astype(np.float64)
   h = -(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)
@@ -142,28 +155,40 @@ def test_bald_mc_dropout_finetune_with_gumbel(tmp_path, monkeypatch):
     return real(rdir, mode, **kwargs)
 
   monkeypatch.setattr(loop.train_lib, "train", spy)
-  params = ["include 'methods/mc_dropout.gin'", "MCDropout.num_samples = 4",
-            "active_learning.strategy = 'bald'", "active_learning.retrain = 'finetune'",
-            "active_learning.noise = 'power'", "active_learning.gumbel_scale = 0.5",
-            "active_learning.initial_selection = 'random'", "active_learning.num_rounds = 2"]
+  params = [
+    "include 'methods/mc_dropout.gin'",
+    "MCDropout.num_samples = 4",
+    "active_learning.strategy = 'bald'",
+    "active_learning.retrain = 'finetune'",
+    "active_learning.noise = 'power'",
+    "active_learning.gumbel_scale = 0.5",
+    "active_learning.initial_selection = 'random'",
+    "active_learning.num_rounds = 2",
+  ]
   records = _run(tmp_path, params)
   assert [r["num_labelled"] for r in records] == [20, 30]
   first, second = _labelled(tmp_path, 0), _labelled(tmp_path, 1)
   assert len(set(second)) == 30 and set(first) < set(second)
   # Each round trains on its labelled subset; fine-tuning warm-starts round 1 from round 0.
   assert [c["dataset"] for c in calls] == [
-      f"digits@{tmp_path}/round_{r:03d}/labelled.json" for r in (0, 1)]
+    f"digits@{tmp_path}/round_{r:03d}/labelled.json" for r in (0, 1)
+  ]
   assert calls[0]["warm_start"] is None
   assert calls[1]["warm_start"] == f"{tmp_path}/round_000/checkpoints/ckpt-000000020"
 
 
-@pytest.mark.parametrize("params, match", [
-    (["active_learning.pool_split = 'train[:25]'"],
-     r"need 30 examples, but the pool digits/train\[:25\] has 25"),
+@pytest.mark.parametrize(
+  "params, match",
+  [
+    (
+      ["active_learning.pool_split = 'train[:25]'"],
+      r"need 30 examples, but the pool digits/train\[:25\] has 25",
+    ),
     (["active_learning.strategy = 'entropie'"], "Unknown acquisition strategy 'entropie'"),
     (["active_learning.noise = 'gauss'"], "Unknown acquisition noise 'gauss'"),
     (["active_learning.retrain = 'warm'"], "Unknown retrain 'warm'"),
-])
+  ],
+)
 def test_bad_input_fails_before_training(tmp_path, params, match, monkeypatch):
   monkeypatch.setattr(loop.train_lib, "train", lambda *a, **k: pytest.fail("trained"))
   with pytest.raises(ValueError, match=match):

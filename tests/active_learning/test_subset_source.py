@@ -26,11 +26,14 @@ def test_subset_selects_indices_and_keeps_other_splits(tmp_path):
   assert set(labels.tolist()) <= set(by[[7, 3, 1499]].tolist())
 
 
-@pytest.mark.parametrize("spec, match", [
+@pytest.mark.parametrize(
+  "spec, match",
+  [
     ({"split": "train", "indices": [0, 1500]}, r"indices in \[0, 1500\)"),
     ({"split": "valid", "indices": [0]}, r"one of \['test', 'train'\]"),
     ({"split": "train", "indices": [-1]}, r"indices in \[0, 1500\)"),
-])
+  ],
+)
 def test_subset_bad_indices(tmp_path, spec, match):
   path = tmp_path / "bad.json"
   path.write_text(json.dumps(spec))

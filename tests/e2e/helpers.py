@@ -7,8 +7,9 @@ import sys
 import gin
 import numpy as np
 
-from keras_unc import checkpoints, config
-from keras_unc import train as train_lib
+from keras_unc import config
+from keras_unc.runtime import checkpoints
+from keras_unc.training import trainer as train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = "testing/tiny.gin"
@@ -21,13 +22,24 @@ def run_inprocess(workdir, mode="train_and_eval", params=(), gin_file=TINY):
 
 
 def main_command(workdir, *args, gin_file=TINY):
-  return [sys.executable, "-m", "keras_unc.main", f"--gin_file={gin_file}",
-          f"--workdir={workdir}", *args]
+  return [
+    sys.executable,
+    "-m",
+    "keras_unc.main",
+    f"--gin_file={gin_file}",
+    f"--workdir={workdir}",
+    *args,
+  ]
 
 
 def run_main(workdir, *args, check=True, gin_file=TINY):
-  proc = subprocess.run(main_command(workdir, *args, gin_file=gin_file), cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    main_command(workdir, *args, gin_file=gin_file),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   if check and proc.returncode != 0:
     raise AssertionError(f"main failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
   return proc
@@ -41,5 +53,4 @@ def final_model_arrays(workdir):
 
 def max_abs_diff(a, b):
   assert a.keys() == b.keys()
-  return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) if a[k].size else 0.0
-             for k in a)
+  return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) if a[k].size else 0.0 for k in a)

@@ -7,17 +7,17 @@ import keras
 import numpy as np
 import pytest
 
-from keras_unc import best_checkpoint, checkpoints
+from keras_unc.runtime import best_checkpoint, checkpoints
 from tests.e2e.helpers import run_inprocess
 
 RETRIEVAL = (
-    "train.evaluators = [@ClassificationEvaluator(), @RetrievalEvaluator()]",
-    "RetrievalEvaluator.datasets = {'fmnist': ('fashion_mnist', 'test[:200]', 'resize(8)')}",
-    "RetrievalEvaluator.upstream = ('digits', 'test')",
-    "RetrievalEvaluator.crop_min = 0.4",
-    "train.eval_every = 10",
-    "train.keep_checkpoints = 1",
-    "train.export_at_end = False",
+  "train.evaluators = [@ClassificationEvaluator(), @RetrievalEvaluator()]",
+  "RetrievalEvaluator.datasets = {'fmnist': ('fashion_mnist', 'test[:200]', 'resize(8)')}",
+  "RetrievalEvaluator.upstream = ('digits', 'test')",
+  "RetrievalEvaluator.crop_min = 0.4",
+  "train.eval_every = 10",
+  "train.keep_checkpoints = 1",
+  "train.export_at_end = False",
 )
 
 
@@ -27,8 +27,7 @@ def _records(workdir):
 
 def test_best_by_avg_downstream_auroc_correct(tmp_path):
   workdir = tmp_path / "run"
-  run_inprocess(workdir, params=RETRIEVAL + (
-      "train.eval_metric = 'avg_downstream_auroc_correct'",))
+  run_inprocess(workdir, params=RETRIEVAL + ("train.eval_metric = 'avg_downstream_auroc_correct'",))
   records = _records(workdir)
   key = "retrieval/avg_downstream_auroc_correct"
   assert [r["step"] for r in records] == [10, 20, 30, 40]
@@ -39,7 +38,7 @@ def test_best_by_avg_downstream_auroc_correct(tmp_path):
   assert state["metric"] == key and state["mode"] == "max"
   # Every round reports the best so far, in metrics.jsonl and TensorBoard.
   for i, r in enumerate(records):
-    j = int(np.argmax(values[:i + 1]))
+    j = int(np.argmax(values[: i + 1]))
     assert r["best_step"] == records[j]["step"]
     assert r[f"best_{key}"] == values[j]
     assert r["best_test/accuracy"] == records[j]["test/accuracy"]
@@ -47,19 +46,27 @@ def test_best_by_avg_downstream_auroc_correct(tmp_path):
   assert os.listdir(workdir / "best") == [f"ckpt-{state['step']:09d}"]
   assert sorted(os.listdir(workdir / "checkpoints")) == ["ckpt-000000040"]
   # Its weights give back the recorded metrics when evaluated in a fresh workdir.
-  result = run_inprocess(tmp_path / "again", mode="eval", params=RETRIEVAL + (
-      f"train.warm_start = '{workdir / state['path']}'",))
+  result = run_inprocess(
+    tmp_path / "again",
+    mode="eval",
+    params=RETRIEVAL + (f"train.warm_start = '{workdir / state['path']}'",),
+  )
   assert result["metrics"][key] == pytest.approx(values[best], abs=1e-6)
   assert result["metrics"]["test/accuracy"] == pytest.approx(
-      records[best]["test/accuracy"], abs=1e-6)
+    records[best]["test/accuracy"], abs=1e-6
+  )
 
 
 def test_best_survives_resume(tmp_path):
   # Select by minimal test accuracy: training improves it, so the best stays in the first
   # process and must be kept (not overwritten) by the resumed one.
-  params = ("train.eval_every = 10", "train.evaluators = [@ClassificationEvaluator()]",
-            "train.eval_metric = 'test/accuracy'", "train.eval_metric_mode = 'min'",
-            "train.export_at_end = False")
+  params = (
+    "train.eval_every = 10",
+    "train.evaluators = [@ClassificationEvaluator()]",
+    "train.eval_metric = 'test/accuracy'",
+    "train.eval_metric_mode = 'min'",
+    "train.export_at_end = False",
+  )
   run_inprocess(tmp_path, params=params + ("train.total_steps = 20",))
   first = json.loads((tmp_path / "best.json").read_text())
   best_dir = tmp_path / first["path"]
@@ -89,7 +96,10 @@ def test_best_checkpoint_unit(tmp_path):
   best = best_checkpoint.BestCheckpoint(str(tmp_path), "acc", "min")
   assert best.update(1, {"val/acc": float("nan")}, model, optimizer) == {}  # NaN never wins.
   assert best.update(2, {"val/acc": 0.5, "val/nll": 1.0}, model, optimizer) == {
-      "best_val/acc": 0.5, "best_val/nll": 1.0, "best_step": 2.0}
+    "best_val/acc": 0.5,
+    "best_val/nll": 1.0,
+    "best_step": 2.0,
+  }
   kernel = model.get_weights()[0].copy()
   model.layers[0].kernel.assign(kernel + 1)
   best.update(3, {"val/acc": 0.7, "val/nll": 0.1}, model, optimizer)  # Worse in "min".
@@ -102,8 +112,10 @@ def test_best_checkpoint_unit(tmp_path):
   ckpt.save(4, model, optimizer)
   best.update(4, {"val/acc": 0.25, "val/nll": 2.0}, model, optimizer, ckpt)
   assert os.listdir(tmp_path / "best") == ["ckpt-000000004"]
-  assert os.path.samefile(tmp_path / "best" / "ckpt-000000004" / "variables.npz",
-                          tmp_path / "checkpoints" / "ckpt-000000004" / "variables.npz")
+  assert os.path.samefile(
+    tmp_path / "best" / "ckpt-000000004" / "variables.npz",
+    tmp_path / "checkpoints" / "ckpt-000000004" / "variables.npz",
+  )
   # A restart reads best.json; another metric or mode starts a new best.
   again = best_checkpoint.BestCheckpoint(str(tmp_path), "acc", "min")
   assert again.step == 4 and again.value == 0.25
@@ -116,8 +128,11 @@ def test_best_checkpoint_errors(tmp_path):
   with pytest.raises(ValueError, match="eval_metric_mode must be one of"):
     best_checkpoint.BestCheckpoint(str(tmp_path), "acc", "biggest")
   best = best_checkpoint.BestCheckpoint(str(tmp_path), "acc")
-  with pytest.raises(ValueError, match=r"not among the evaluation metrics: choose one of "
-                                       r"\['val/nll'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"not among the evaluation metrics: choose one of "
+    r"\['val/nll'\]",
+  ):
     best.update(1, {"val/nll": 1.0}, model, optimizer)
   with pytest.raises(ValueError, match="ambiguous"):
     best.update(1, {"a/acc": 1.0, "b/acc": 0.0}, model, optimizer)

@@ -4,13 +4,18 @@ import numpy as np
 
 from tests.e2e.helpers import final_model_arrays, max_abs_diff, run_inprocess
 
-PARAMS = ["train.total_steps=10", "train.checkpoint_every=10", "train.eval_every=10",
-          "train.evaluators=[]"]
+PARAMS = [
+  "train.total_steps=10",
+  "train.checkpoint_every=10",
+  "train.eval_every=10",
+  "train.evaluators=[]",
+]
 
 
 def test_mirrored_equals_one_device(tmp_path):
   one = run_inprocess(tmp_path / "one", "train", PARAMS + ["get_strategy.name='one_device'"])
-  import gin  # pylint: disable=import-outside-toplevel
+  import gin
+
   gin.clear_config()
   two = run_inprocess(tmp_path / "two", "train", PARAMS + ["get_strategy.name='mirrored'"])
   assert one["step"] == two["step"] == 10

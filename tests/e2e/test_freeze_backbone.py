@@ -6,8 +6,13 @@ from tests.e2e.helpers import run_inprocess
 
 
 def test_frozen_backbone_keeps_its_weights_and_the_head_learns(tmp_path):
-  params = ["train.total_steps=10", "train.eval_every=10", "train.evaluators=[]",
-            "train.export_at_end=False", "build_network.freeze_backbone=True"]
+  params = [
+    "train.total_steps=10",
+    "train.eval_every=10",
+    "train.evaluators=[]",
+    "train.export_at_end=False",
+    "build_network.freeze_backbone=True",
+  ]
   fresh = run_inprocess(tmp_path / "init", params=params + ["train.total_steps=0"])["network"]
   before = {v.path: np.array(v.numpy()) for v in fresh.variables}
   network = run_inprocess(tmp_path / "probe", params=params)["network"]

@@ -5,25 +5,45 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_unc import checkpoints, methods
+from keras_unc import methods
+from keras_unc.runtime import checkpoints
 from tests.e2e.helpers import run_inprocess
 
 # Small Monte Carlo / GP sizes and a 10-class-compatible factor count.
-SMALL = ["het_head.num_factors = 3", "het_head.train_mc_samples = 8",
-         "het_head.test_mc_samples = 16", "gp_head.num_inducing = 64",
-         "gp_head.reset_every = 4", "ensemble.ensemble_size = 2",
-         "BatchEnsemble.ensemble_size = 2", "ShallowEnsemble.num_heads = 2",
-         "MCDropout.num_samples = 4", "train.total_steps = 6", "train.eval_every = 6",
-         "train.checkpoint_every = 3", "train.evaluators = [@ClassificationEvaluator()]"]
+SMALL = [
+  "het_head.num_factors = 3",
+  "het_head.train_mc_samples = 8",
+  "het_head.test_mc_samples = 16",
+  "gp_head.num_inducing = 64",
+  "gp_head.reset_every = 4",
+  "ensemble.ensemble_size = 2",
+  "BatchEnsemble.ensemble_size = 2",
+  "ShallowEnsemble.num_heads = 2",
+  "MCDropout.num_samples = 4",
+  "train.total_steps = 6",
+  "train.eval_every = 6",
+  "train.checkpoint_every = 3",
+  "train.evaluators = [@ClassificationEvaluator()]",
+]
 
-CLASSES = {"deterministic": "Deterministic", "batchensemble": "BatchEnsemble", "sngp": "SNGP",
-           "heteroscedastic": "Heteroscedastic", "hetxl": "HetXL", "mc_dropout": "MCDropout",
-           "shallow_ensemble": "ShallowEnsemble", "plex": "Plex", "hetsngp": "HetSNGP",
-           "be_sngp": "BESNGP", "url": "URL"}
+CLASSES = {
+  "deterministic": "Deterministic",
+  "batchensemble": "BatchEnsemble",
+  "sngp": "SNGP",
+  "heteroscedastic": "Heteroscedastic",
+  "hetxl": "HetXL",
+  "mc_dropout": "MCDropout",
+  "shallow_ensemble": "ShallowEnsemble",
+  "plex": "Plex",
+  "hetsngp": "HetSNGP",
+  "be_sngp": "BESNGP",
+  "url": "URL",
+}
 
 
 def _digits_uint8(n=16):
-  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+  from sklearn.datasets import load_digits
+
   x = load_digits().images[:n]
   return np.round(x * 255.0 / 16.0).astype("uint8")[..., None]
 
@@ -36,26 +56,28 @@ def test_method_trains_and_export_matches_in_process(name, tmp_path):
   assert np.isfinite(result["metrics"]["test/accuracy"])
   images = _digits_uint8()
   served = tf.saved_model.load(result["export"]).signatures["serving_default"](
-      images=tf.constant(images))
+    images=tf.constant(images)
+  )
   # Stochastic layers draw from seed-generator state that the export captured: the same
   # state in both, so the first call of each draws the same noise.
   local = result["network"](images.astype("float32"), training=False)
   for key in ("logits", "probs", "uncertainty", "embedding"):
-    np.testing.assert_allclose(served[key].numpy(), np.asarray(local[key]), atol=2e-5,
-                               err_msg=key)
+    np.testing.assert_allclose(served[key].numpy(), np.asarray(local[key]), atol=2e-5, err_msg=key)
 
 
 def test_gp_precision_is_checkpointed_and_reset_each_epoch(tmp_path):
   result = run_inprocess(tmp_path, params=SMALL + ["train.method = @SNGP()"])
   gp = result["network"].get_layer("gp")
-  precision = np.asarray(gp.precision_matrix if hasattr(gp, "precision_matrix")
-                         else gp.precision)
+  precision = np.asarray(gp.precision_matrix if hasattr(gp, "precision_matrix") else gp.precision)
   # Resets at steps 0 and 4 (reset_every = 4): 2 batches of 32 accumulated since.
   ridge = np.eye(precision.shape[0])
   assert not np.allclose(precision, ridge)
   ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"))
   step, arrays, meta = ckpt.load_latest()
   assert step == 6 and meta["method"] == "sngp"
-  stored = [arrays[f"model/{i:05d}"] for i, (path, _) in enumerate(meta["variables"])
-            if path.startswith("gp/") or "/gp/" in path]
+  stored = [
+    arrays[f"model/{i:05d}"]
+    for i, (path, _) in enumerate(meta["variables"])
+    if path.startswith("gp/") or "/gp/" in path
+  ]
   assert any(a.shape == precision.shape and np.allclose(a, precision) for a in stored)

@@ -13,24 +13,33 @@ from tests.e2e.helpers import REPO, final_model_arrays, main_command, max_abs_di
 
 # Long enough (hundreds of steps) that the kill lands mid-run, tiny per step. Dropout on,
 # so the restored seed-generator state matters too.
-PARAMS = ["--mode=train", "--gin_param=train.total_steps=600",
-          "--gin_param=train.checkpoint_every=20", "--gin_param=train.eval_every=600",
-          "--gin_param=vit.dropout=0.1", "--gin_param=train.preprocess='flip_lr'"]
+PARAMS = [
+  "--mode=train",
+  "--gin_param=train.total_steps=600",
+  "--gin_param=train.checkpoint_every=20",
+  "--gin_param=train.eval_every=600",
+  "--gin_param=vit.dropout=0.1",
+  "--gin_param=train.preprocess='flip_lr'",
+]
 
 
 def _ckpt_steps(workdir):
   path = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(path):
     return []
-  return sorted(int(n.split("-")[1]) for n in os.listdir(path) if n.count("-") == 1
-                and n.startswith("ckpt-") and ".tmp" not in n)
+  return sorted(
+    int(n.split("-")[1])
+    for n in os.listdir(path)
+    if n.count("-") == 1 and n.startswith("ckpt-") and ".tmp" not in n
+  )
 
 
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
   reference, killed = tmp_path / "reference", tmp_path / "killed"
   run_main(reference, *PARAMS)
-  proc = subprocess.Popen(main_command(killed, *PARAMS), cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    main_command(killed, *PARAMS), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   deadline = time.time() + 300
   while time.time() < deadline and not any(s >= 60 for s in _ckpt_steps(killed)):
     assert proc.poll() is None, "training finished before it could be killed"
@@ -47,8 +56,11 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
 
 
 def test_corrupted_newest_checkpoint_falls_back(tmp_path):
-  params = ["--mode=train", "--gin_param=train.total_steps=20",
-            "--gin_param=train.checkpoint_every=10"]
+  params = [
+    "--mode=train",
+    "--gin_param=train.total_steps=20",
+    "--gin_param=train.checkpoint_every=10",
+  ]
   run_main(tmp_path, *params)
   newest = tmp_path / "checkpoints" / "ckpt-000000020" / "variables.npz"
   newest.write_bytes(newest.read_bytes()[:100])  # Truncated, as after a disk failure.
@@ -60,11 +72,16 @@ def test_corrupted_newest_checkpoint_falls_back(tmp_path):
 
 
 def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
-  proc = run_main(tmp_path, "--mode=train", "--gin_param=train.total_steps=40",
-                  "--gin_param=train.checkpoint_every=10",
-                  "--gin_param=make_optimizer.name='sgd'",
-                  "--gin_param=make_optimizer.learning_rate=1e30",
-                  "--gin_param=make_optimizer.weight_decay=0.0", check=False)
+  proc = run_main(
+    tmp_path,
+    "--mode=train",
+    "--gin_param=train.total_steps=40",
+    "--gin_param=train.checkpoint_every=10",
+    "--gin_param=make_optimizer.name='sgd'",
+    "--gin_param=make_optimizer.learning_rate=1e30",
+    "--gin_param=make_optimizer.weight_decay=0.0",
+    check=False,
+  )
   assert proc.returncode != 0
   assert "Non-finite training" in proc.stderr and "at step" in proc.stderr
   assert not (tmp_path / "export").exists()

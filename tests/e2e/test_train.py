@@ -33,7 +33,10 @@ def test_outputs_written(trained):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / sub))
   # Keep last K=3 of the checkpoints at 10, 20, 30, 40.
   assert sorted(os.listdir(workdir / "checkpoints")) == [
-      "ckpt-000000020", "ckpt-000000030", "ckpt-000000040"]
+    "ckpt-000000020",
+    "ckpt-000000030",
+    "ckpt-000000040",
+  ]
 
 
 def test_tensorboard_has_scalars_and_config(trained):
@@ -49,12 +52,24 @@ def test_tensorboard_has_scalars_and_config(trained):
 def _serve_in_fresh_process(export_dir, images, tmp_path):
   np.save(tmp_path / "images.npy", images)
   code = (
-      "import sys, numpy as np, tensorflow as tf\n"
-      "m = tf.saved_model.load(sys.argv[1])\n"
-      "out = m.signatures['serving_default'](images=tf.constant(np.load(sys.argv[2])))\n"
-      "np.savez(sys.argv[3], **{k: v.numpy() for k, v in out.items()})\n")
-  subprocess.run([sys.executable, "-c", code, str(export_dir), str(tmp_path / "images.npy"),
-                  str(tmp_path / "out.npz")], check=True, cwd=REPO, timeout=300)
+    "import sys, numpy as np, tensorflow as tf\n"
+    "m = tf.saved_model.load(sys.argv[1])\n"
+    "out = m.signatures['serving_default'](images=tf.constant(np.load(sys.argv[2])))\n"
+    "np.savez(sys.argv[3], **{k: v.numpy() for k, v in out.items()})\n"
+  )
+  subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      code,
+      str(export_dir),
+      str(tmp_path / "images.npy"),
+      str(tmp_path / "out.npz"),
+    ],
+    check=True,
+    cwd=REPO,
+    timeout=300,
+  )
   return dict(np.load(tmp_path / "out.npz"))
 
 
@@ -82,8 +97,9 @@ def test_ood_auroc_matches_sklearn(trained):
   inside = get_source("digits").arrays("test")[0].astype(np.float32)
   outside = make_dataset(get_source("mnist"), "test[:300]", "resize(8)", 300, train=False)
   outside = next(iter(outside))[0].numpy().astype(np.float32)
-  scores = np.concatenate([net.predict(inside, verbose=0)["uncertainty"],
-                           net.predict(outside, verbose=0)["uncertainty"]])
+  scores = np.concatenate(
+    [net.predict(inside, verbose=0)["uncertainty"], net.predict(outside, verbose=0)["uncertainty"]]
+  )
   is_ood = np.r_[np.zeros(len(inside)), np.ones(len(outside))]
   last = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
   assert last["ood_mnist/auroc"] == pytest.approx(roc_auc_score(is_ood, scores), abs=1e-6)

@@ -12,13 +12,15 @@ FRACTIONS = (0.005, 0.01, 0.02, 0.05)
 
 def _by_hand(out, labels):
   p, u = out["probs"], out["uncertainty"]
-  want = {"accuracy": metrics.accuracy(p, labels),
-          "top5_accuracy": metrics.top_k_accuracy(p, labels, 5),
-          "nll": metrics.nll(p, labels),
-          "ece": metrics.expected_calibration_error(p, labels, 15),
-          "brier": metrics.brier_score(p, labels),
-          "calibration_auroc": metrics.calibration_auroc(p, labels, u),
-          "aurc": metrics.aurc(p, labels, u)}
+  want = {
+    "accuracy": metrics.accuracy(p, labels),
+    "top5_accuracy": metrics.top_k_accuracy(p, labels, 5),
+    "nll": metrics.nll(p, labels),
+    "ece": metrics.expected_calibration_error(p, labels, 15),
+    "brier": metrics.brier_score(p, labels),
+    "calibration_auroc": metrics.calibration_auroc(p, labels, u),
+    "aurc": metrics.aurc(p, labels, u),
+  }
   for f, name in zip(FRACTIONS, ("0.5pct", "1pct", "2pct", "5pct")):
     want[f"oracle_accuracy_{name}"] = metrics.oracle_collaborative_accuracy(p, labels, f, u)
   return want
@@ -38,15 +40,22 @@ def test_deterministic_metrics_match_and_no_member_metrics():
 
 def test_ensemble_member_metrics():
   net = FakeNet(members=3)
-  evaluator = ClassificationEvaluator("digits", "test[:200]", prefix="val",
-                                      oracle_fractions=(0.1,))
+  evaluator = ClassificationEvaluator("digits", "test[:200]", prefix="val", oracle_fractions=(0.1,))
   found = evaluator.evaluate(Predictor(net, batch_size=64))
   images, labels = digits("test")
   out = direct(net, images[:200])
   labels = labels[:200]
-  want = {"member_accuracy", "member_nll", "member_0_accuracy", "member_2_nll",
-          "diversity_disagreement", "diversity_average_kl", "diversity_cosine_similarity",
-          "oracle_accuracy_10pct", "accuracy"}
+  want = {
+    "member_accuracy",
+    "member_nll",
+    "member_0_accuracy",
+    "member_2_nll",
+    "diversity_disagreement",
+    "diversity_average_kl",
+    "diversity_cosine_similarity",
+    "oracle_accuracy_10pct",
+    "accuracy",
+  }
   assert {f"val/{k}" for k in want} <= found.keys()
   assert "val/oracle_accuracy_1pct" not in found
   members = metrics.member_metrics(out["logits"], labels, per_member=True)
@@ -75,5 +84,6 @@ def test_soft_labels_are_scored_by_their_argmax():
   probs = np.array([[0.7, 0.3], [0.4, 0.6]])
   outputs = {"probs": probs, "uncertainty": 1 - probs.max(1)}
   found = ClassificationEvaluator("fake", "test", oracle_fractions=()).evaluate(
-      lambda *a: (outputs, np.array([[0.9, 0.1], [0.8, 0.2]])))
+    lambda *a: (outputs, np.array([[0.9, 0.1], [0.8, 0.2]]))
+  )
   assert found["test/accuracy"] == 0.5

@@ -10,8 +10,9 @@ from tests.evaluators.helpers import FakeNet, digits, direct
 
 def test_matches_ridge_on_the_selected_shots():
   net = FakeNet()
-  evaluator = FewShotEvaluator({"digits": ("digits", "train", "test")}, shots=(1, 5),
-                               seeds=(0, 1), l2_reg=2.0)
+  evaluator = FewShotEvaluator(
+    {"digits": ("digits", "train", "test")}, shots=(1, 5), seeds=(0, 1), l2_reg=2.0
+  )
   found = evaluator.evaluate(Predictor(net, batch_size=256))
   (train_x, train_y), (test_x, test_y) = digits("train"), digits("test")
   train, test = direct(net, train_x)["embedding"], direct(net, test_x)["embedding"]
@@ -31,8 +32,9 @@ def test_matches_ridge_on_the_selected_shots():
 
 
 def test_fewer_examples_than_shots_is_an_error():
-  evaluator = FewShotEvaluator({"tiny": ("digits", "train[:30]", "test", "")}, shots=(10,),
-                               prefix="fs")
+  evaluator = FewShotEvaluator(
+    {"tiny": ("digits", "train[:30]", "test", "")}, shots=(10,), prefix="fs"
+  )
   with pytest.raises(ValueError, match=r"tiny.*needs 10 example\(s\) per class"):
     evaluator.evaluate(Predictor(FakeNet(), batch_size=64))
 

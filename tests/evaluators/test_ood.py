@@ -1,6 +1,5 @@
 """OODEvaluator on real data: digits in-distribution vs MNIST shrunk to 8x8."""
 
-import numpy as np
 import pytest
 
 from keras_unc import metrics
@@ -29,14 +28,16 @@ def test_every_score_matches_direct_computation(net, mnist_images):
   train = direct(net, train_images)
   inside, outside = direct(net, digits("test")[0]), direct(net, mnist_images)
   scores = {
-      "uncertainty": lambda o: o["uncertainty"],
-      "msp": lambda o: metrics.msp_uncertainty(o["probs"]),
-      "entropy": lambda o: metrics.entropy(o["probs"]),
-      "max_logit": lambda o: metrics.max_logit_score(o["logits"]),
-      "mahalanobis": lambda o: metrics.mahalanobis_scores(
-          train["embedding"], train_labels, o["embedding"]),
-      "relative_mahalanobis": lambda o: metrics.mahalanobis_scores(
-          train["embedding"], train_labels, o["embedding"], relative=True),
+    "uncertainty": lambda o: o["uncertainty"],
+    "msp": lambda o: metrics.msp_uncertainty(o["probs"]),
+    "entropy": lambda o: metrics.entropy(o["probs"]),
+    "max_logit": lambda o: metrics.max_logit_score(o["logits"]),
+    "mahalanobis": lambda o: metrics.mahalanobis_scores(
+      train["embedding"], train_labels, o["embedding"]
+    ),
+    "relative_mahalanobis": lambda o: metrics.mahalanobis_scores(
+      train["embedding"], train_labels, o["embedding"], relative=True
+    ),
   }
   want = {}
   for kind, fn in scores.items():
@@ -44,8 +45,12 @@ def test_every_score_matches_direct_computation(net, mnist_images):
     for k, v in metrics.ood_metrics(fn(inside), fn(outside)).items():
       want[f"ood_mnist/{k}{suffix}"] = v
   assert found.keys() == want.keys()
-  assert {"ood_mnist/auroc", "ood_mnist/fpr95", "ood_mnist/auroc_mahalanobis",
-          "ood_mnist/aupr_in_relative_mahalanobis"} <= found.keys()
+  assert {
+    "ood_mnist/auroc",
+    "ood_mnist/fpr95",
+    "ood_mnist/auroc_mahalanobis",
+    "ood_mnist/aupr_in_relative_mahalanobis",
+  } <= found.keys()
   for k, v in want.items():
     assert found[k] == pytest.approx(v, abs=1e-5), k
   # The Mahalanobis scores really differ from the softmax ones (no key mix-up).
@@ -54,15 +59,15 @@ def test_every_score_matches_direct_computation(net, mnist_images):
 
 def test_max_train_examples_fits_on_the_first_examples(net, mnist_images):
   predictor = Predictor(net, batch_size=128)
-  evaluator = OODEvaluator("digits", "test", ood=MNIST_OOD, scores=("mahalanobis",),
-                           max_train_examples=300)
+  evaluator = OODEvaluator(
+    "digits", "test", ood=MNIST_OOD, scores=("mahalanobis",), max_train_examples=300
+  )
   found = evaluator.evaluate(predictor)
   assert ("digits", "train[:300]", "") in predictor._cache  # Only 300 train images read.
   assert ("digits", "train", "") not in predictor._cache
   train_images, train_labels = digits("train")
   train = direct(net, train_images[:300])
-  fit = lambda o: metrics.mahalanobis_scores(train["embedding"], train_labels[:300],
-                                             o["embedding"])
+  fit = lambda o: metrics.mahalanobis_scores(train["embedding"], train_labels[:300], o["embedding"])
   want = metrics.ood_metrics(fit(direct(net, digits("test")[0])), fit(direct(net, mnist_images)))
   assert found["ood_mnist/auroc_mahalanobis"] == pytest.approx(want["auroc"], abs=1e-6)
 
@@ -77,9 +82,11 @@ def test_mahalanobis_fitted_once_per_round(net, monkeypatch):
 
   monkeypatch.setattr(ood_lib.metrics, "mahalanobis_scores", counting)
   evaluator = OODEvaluator(
-      "digits", "test", ood={"a": ("mnist", "test[:100]", "resize(8)"),
-                             "b": ("mnist", "test[100:200]", "resize(8)")},
-      max_train_examples=500)
+    "digits",
+    "test",
+    ood={"a": ("mnist", "test[:100]", "resize(8)"), "b": ("mnist", "test[100:200]", "resize(8)")},
+    max_train_examples=500,
+  )
   predictor = Predictor(net, batch_size=128)
   found = evaluator.evaluate(predictor)
   evaluator.figures(predictor)
@@ -92,14 +99,16 @@ def test_mahalanobis_fitted_once_per_round(net, monkeypatch):
 
 def test_ood_set_identical_to_in_distribution_warns(net):
   with pytest.warns(UserWarning, match="in-distribution"):
-    evaluator = OODEvaluator("digits", "test", ood={"same": ("digits", "test")},
-                             scores=("uncertainty",))
+    evaluator = OODEvaluator(
+      "digits", "test", ood={"same": ("digits", "test")}, scores=("uncertainty",)
+    )
   found = evaluator.evaluate(Predictor(net, batch_size=128))
   assert found["ood_same/auroc"] == pytest.approx(0.5)
   # Same data under another name (a slice covering everything) is caught on the outputs.
   with pytest.warns(UserWarning, match="exactly the in-distribution outputs"):
-    OODEvaluator("digits", "test", ood={"copy": ("digits", "test[:297]")},
-                 scores=("msp",)).evaluate(Predictor(net, batch_size=128))
+    OODEvaluator(
+      "digits", "test", ood={"copy": ("digits", "test[:297]")}, scores=("msp",)
+    ).evaluate(Predictor(net, batch_size=128))
 
 
 def test_unknown_score_is_an_error():

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_unc import distribute, export
 from keras_unc.data.sources import ArraySource, _load_digits
 from keras_unc.evaluators import Predictor, SavedModelNetwork
 from keras_unc.evaluators.base import to_input_dtype
+from keras_unc.runtime import distribute
+from keras_unc.training import export
 from tests.evaluators.helpers import FakeNet, digits, direct
 
 
@@ -28,9 +29,13 @@ class CountingSource(ArraySource):
       for x, y in zip(images, labels):
         yield {"image": x, "label": y}
 
-    return tf.data.Dataset.from_generator(gen, output_signature={
+    return tf.data.Dataset.from_generator(
+      gen,
+      output_signature={
         "image": tf.TensorSpec(images.shape[1:], tf.uint8),
-        "label": tf.TensorSpec([], tf.int64)})
+        "label": tf.TensorSpec([], tf.int64),
+      },
+    )
 
 
 class EchoNet:
@@ -40,8 +45,12 @@ class EchoNet:
     x = tf.reshape(tf.cast(images, tf.float32), [tf.shape(images)[0], -1])
     logits = x[:, None, :10]
     probs = tf.nn.softmax(x[:, :10])
-    return {"logits": logits, "probs": probs, "uncertainty": 1 - tf.reduce_max(probs, -1),
-            "embedding": x}
+    return {
+      "logits": logits,
+      "probs": probs,
+      "uncertainty": 1 - tf.reduce_max(probs, -1),
+      "embedding": x,
+    }
 
 
 def counting_digits():
@@ -84,8 +93,9 @@ def _tiny_keras_network():
   logits = keras.layers.Reshape((1, 10))(keras.layers.Dense(10, name="head")(emb))
   probs = keras.layers.Softmax()(keras.layers.Reshape((10,))(logits))
   unc = keras.layers.Lambda(lambda p: 1.0 - keras.ops.max(p, axis=-1))(probs)
-  return keras.Model(images, {"logits": logits, "probs": probs, "uncertainty": unc,
-                              "embedding": emb})
+  return keras.Model(
+    images, {"logits": logits, "probs": probs, "uncertainty": unc, "embedding": emb}
+  )
 
 
 def test_keras_network_equals_predict_and_mirrored_strategy():

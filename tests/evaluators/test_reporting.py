@@ -6,10 +6,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_unc import plots
 from keras_unc.evaluators import ClassificationEvaluator, OODEvaluator, Predictor
 from keras_unc.evaluators.base import Evaluator
 from keras_unc.evaluators.runner import run_round
+from keras_unc.reporting import plots
 from tests.evaluators.helpers import FakeNet
 
 
@@ -36,17 +36,27 @@ def _image_tags(logdir):
 
 
 def test_run_round_writes_pngs_and_image_summaries(tmp_path):
-  evaluators = [ClassificationEvaluator("digits", "test"),
-                OODEvaluator("digits", "test", ood={"mnist": ("mnist", "test[:100]", "resize(8)")},
-                             scores=("uncertainty", "msp")),
-                ArrayFigure()]
+  evaluators = [
+    ClassificationEvaluator("digits", "test"),
+    OODEvaluator(
+      "digits",
+      "test",
+      ood={"mnist": ("mnist", "test[:100]", "resize(8)")},
+      scores=("uncertainty", "msp"),
+    ),
+    ArrayFigure(),
+  ]
   writer = tf.summary.create_file_writer(str(tmp_path / "eval"))
   predictor = Predictor(FakeNet(), batch_size=128)
   for step in (5, 10):
     found = run_round(evaluators, predictor, str(tmp_path), writer, step)
     assert found["step"] == step and "ood_mnist/auroc" in found
-  names = ("test_reliability_diagram", "test_accuracy_coverage",
-           "ood_mnist_uncertainty_histogram", "custom_array")
+  names = (
+    "test_reliability_diagram",
+    "test_accuracy_coverage",
+    "ood_mnist_uncertainty_histogram",
+    "custom_array",
+  )
   want = {f"{n}_step{s}.png" for n in names for s in (5, 10)}
   assert set(os.listdir(tmp_path / "plots")) == want
   for name in want:
@@ -57,15 +67,22 @@ def test_run_round_writes_pngs_and_image_summaries(tmp_path):
     else:
       assert png.shape[0] > 100 and png[..., :3].std() > 10  # A real drawing, not blank.
   tags = _image_tags(str(tmp_path / "eval"))
-  for tag in ("test/reliability_diagram", "test/accuracy_coverage",
-              "ood_mnist/uncertainty_histogram", "custom/array"):
+  for tag in (
+    "test/reliability_diagram",
+    "test/accuracy_coverage",
+    "ood_mnist/uncertainty_histogram",
+    "custom/array",
+  ):
     assert sorted(tags.get(tag, [])) == [5, 10], (tag, tags)
 
 
 def test_plot_false_draws_nothing(tmp_path):
-  evaluators = [ClassificationEvaluator("digits", "test", plot=False),
-                OODEvaluator("digits", "test", ood={"m": ("mnist", "test[:50]", "resize(8)")},
-                             scores=("msp",), plot=False)]
+  evaluators = [
+    ClassificationEvaluator("digits", "test", plot=False),
+    OODEvaluator(
+      "digits", "test", ood={"m": ("mnist", "test[:50]", "resize(8)")}, scores=("msp",), plot=False
+    ),
+  ]
   writer = tf.summary.create_file_writer(str(tmp_path / "eval"))
   run_round(evaluators, Predictor(FakeNet(), batch_size=128), str(tmp_path), writer, 1)
   assert not os.path.exists(tmp_path / "plots")

@@ -10,8 +10,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from keras_unc.data import get_source, parse_ops
-from keras_unc.evaluators import Predictor, RetrievalEvaluator
-from keras_unc.evaluators import retrieval
+from keras_unc.evaluators import Predictor, RetrievalEvaluator, retrieval
 from tests.evaluators.helpers import FakeNet, direct
 
 
@@ -37,7 +36,7 @@ def _zoom_by_hand(images, fractions):
     h, w = img.shape[:2]
     ch, cw = max(int(np.round(h * f)), 1), max(int(np.round(w * f)), 1)
     top, left = (h - ch) // 2, (w - cw) // 2
-    crop = img[top:top + ch, left:left + cw].astype(np.float32)
+    crop = img[top : top + ch, left : left + cw].astype(np.float32)
     out.append(np.clip(np.round(tf.image.resize(crop, (h, w)).numpy()), 0, 255))
   return np.stack(out).astype(np.uint8)
 
@@ -105,6 +104,7 @@ def test_mixed_subsamples_to_equal_halves(monkeypatch):
   def spy(emb, labels, chunk_size):
     sizes.append(len(labels))
     return real(emb, labels, chunk_size)
+
   monkeypatch.setattr(retrieval.metrics, "recall_at_one", spy)
   x, labels = _clustered(7, 120)
   up_x, up_labels = _clustered(8, 300)
@@ -153,8 +153,7 @@ def test_crop_fraction_source_by_position():
   np.testing.assert_array_equal([r["crop_fraction"] for r in rows], fractions)
   np.testing.assert_array_equal(fractions, retrieval.crop_fractions(20, 0.2, 0.4, 3))
   assert ((fractions >= 0.2) & (fractions < 0.4)).all() and len(set(fractions)) == 20
-  np.testing.assert_array_equal(np.stack([r["image"] for r in rows]),
-                                base.arrays("test[:20]")[0])
+  np.testing.assert_array_equal(np.stack([r["image"] for r in rows]), base.arrays("test[:20]")[0])
 
 
 @pytest.fixture(scope="module")
@@ -164,10 +163,14 @@ def net():
 
 def test_mnist_to_fashion_mnist_end_to_end(net):
   """Offline: digits upstream, MNIST and Fashion-MNIST (resized to 8x8) downstream."""
-  ev = RetrievalEvaluator({"fmnist": ("fashion_mnist", "test[:300]"),
-                           "mnist": ("mnist", "test[:200]")},
-                          upstream=("digits", "test"), preprocess="resize(8)",
-                          crop_min=0.3, crop_max=0.9, quantiles=(0.5,))
+  ev = RetrievalEvaluator(
+    {"fmnist": ("fashion_mnist", "test[:300]"), "mnist": ("mnist", "test[:200]")},
+    upstream=("digits", "test"),
+    preprocess="resize(8)",
+    crop_min=0.3,
+    crop_max=0.9,
+    quantiles=(0.5,),
+  )
   predictor = Predictor(net, batch_size=64)
   found = ev.evaluate(predictor)
   want = {}
@@ -181,14 +184,18 @@ def test_mnist_to_fashion_mnist_end_to_end(net):
     for img, f in zip(tf.image.resize(images, (8, 8)).numpy(), frac):
       c = max(int(np.round(8 * f)), 1)
       t = (8 - c) // 2
-      cropped.append(tf.image.resize(img[t:t + c, t:t + c], (8, 8)).numpy())
+      cropped.append(tf.image.resize(img[t : t + c, t : t + c], (8, 8)).numpy())
     unc_c = direct(net, np.stack(cropped))["uncertainty"]
     want[name] = {
-        "r1": correct.mean(), "auroc_correct": roc_auc_score(correct, -unc),
-        "croppedHasBiggerUnc": np.mean(unc_c > unc),
-        "rcorr_crop_unc": spearmanr(-unc_c, frac)[0],
-        "min_unc": unc.min(), "avg_unc": unc.mean(), "max_unc": unc.max(),
-        "q50_unc": np.median(unc)}
+      "r1": correct.mean(),
+      "auroc_correct": roc_auc_score(correct, -unc),
+      "croppedHasBiggerUnc": np.mean(unc_c > unc),
+      "rcorr_crop_unc": spearmanr(-unc_c, frac)[0],
+      "min_unc": unc.min(),
+      "avg_unc": unc.mean(),
+      "max_unc": unc.max(),
+      "q50_unc": np.median(unc),
+    }
   for name, w in want.items():
     for key, value in w.items():
       assert found[f"retrieval/{name}_{key}"] == pytest.approx(value, abs=2e-5), (name, key)
@@ -196,7 +203,8 @@ def test_mnist_to_fashion_mnist_end_to_end(net):
     assert f"retrieval/{name}_auroc_correct_mixed" in found
   for key in ("r1", "auroc_correct", "auroc_ood", "croppedHasBiggerUnc"):
     assert found[f"retrieval/avg_downstream_{key}"] == pytest.approx(
-        (found[f"retrieval/fmnist_{key}"] + found[f"retrieval/mnist_{key}"]) / 2)
+      (found[f"retrieval/fmnist_{key}"] + found[f"retrieval/mnist_{key}"]) / 2
+    )
   assert not any("rcorr_entropy" in k for k in found)
   assert predictor.passes == 5  # Upstream once; each set and its crops once.
   # The same round again reuses the cached predictions; metrics are identical.
@@ -218,20 +226,28 @@ def test_soft_labels_cifar10h_mock(net):
   assert found["retrieval/cifar10h_r1"] == pytest.approx(correct.mean())
   entropy = -np.sum(np.where(soft > 0, soft * np.log(np.maximum(soft, 1e-300)), 0), axis=1)
   assert found["retrieval/cifar10h_rcorr_entropy"] == pytest.approx(
-      spearmanr(out["uncertainty"], entropy)[0], abs=1e-6)
-  assert found["retrieval/avg_downstream_rcorr_entropy"] == found[
-      "retrieval/cifar10h_rcorr_entropy"]
+    spearmanr(out["uncertainty"], entropy)[0], abs=1e-6
+  )
+  assert (
+    found["retrieval/avg_downstream_rcorr_entropy"] == found["retrieval/cifar10h_rcorr_entropy"]
+  )
 
 
 def test_presets_and_names():
-  ev = RetrievalEvaluator(["cub", "cars", "sop", "tfds:dtd", ("fashion_mnist", "test[:10]")],
-                          preprocess="decode|resize(224)")
+  ev = RetrievalEvaluator(
+    ["cub", "cars", "sop", "tfds:dtd", ("fashion_mnist", "test[:10]")],
+    preprocess="decode|resize(224)",
+  )
   assert list(ev.datasets) == ["cub", "cars", "sop", "dtd", "fashion_mnist"]
-  assert ev.datasets["cub"] == ("tfds:caltech_birds2011", "test", "decode|resize(224)",
-                                "label", None)
+  assert ev.datasets["cub"] == (
+    "tfds:caltech_birds2011",
+    "test",
+    "decode|resize(224)",
+    "label",
+    None,
+  )
   assert ev.datasets["sop"][3] == "class_id"
-  assert ev.datasets["fashion_mnist"][:3] == ("fashion_mnist", "test[:10]",
-                                              "decode|resize(224)")
+  assert ev.datasets["fashion_mnist"][:3] == ("fashion_mnist", "test[:10]", "decode|resize(224)")
   ev = RetrievalEvaluator({"birds": ("cub", "train", "resize(8)"), "h": "tfds:cifar10_h"})
   assert ev.datasets["birds"][:3] == ("tfds:caltech_birds2011", "train", "resize(8)")
   assert ev.datasets["h"][4] == "soft_label"
@@ -251,6 +267,7 @@ def test_bad_arguments():
 
   def no_embedding(dataset, split, preprocess=""):
     return {"uncertainty": np.zeros(4)}, np.zeros(4, np.int64)
+
   with pytest.raises(ValueError, match=r"lack \['embedding'\]"):
     RetrievalEvaluator(["digits"], crop=False).evaluate(no_embedding)
 
@@ -262,22 +279,23 @@ def test_never_builds_n_by_n():
   x, labels = _clustered(12, n, dim=4, classes=3)
   up_x, up_labels = _clustered(13, n, dim=4, classes=3)
   rng = np.random.default_rng(14)
-  data = {"down": ({"embedding": x.astype(np.float32), "uncertainty": rng.random(n)}, labels),
-          "up": ({"embedding": up_x.astype(np.float32), "uncertainty": rng.random(n)},
-                 up_labels)}
+  data = {
+    "down": ({"embedding": x.astype(np.float32), "uncertainty": rng.random(n)}, labels),
+    "up": ({"embedding": up_x.astype(np.float32), "uncertainty": rng.random(n)}, up_labels),
+  }
 
   def predict(dataset, split, preprocess=""):
     return data[dataset]
 
-  ev = RetrievalEvaluator({"d": ("down", "test")}, upstream=("up", "test"), crop=False,
-                          chunk_size=256)
+  ev = RetrievalEvaluator(
+    {"d": ("down", "test")}, upstream=("up", "test"), crop=False, chunk_size=256
+  )
   tracemalloc.start()
   found = ev.evaluate(predict)
   peak = tracemalloc.get_traced_memory()[1]
   tracemalloc.stop()
   assert peak < 30e6, peak
-  assert found["retrieval/d_r1"] == pytest.approx(
-      retrieval.metrics.recall_at_one(x, labels)[0])
+  assert found["retrieval/d_r1"] == pytest.approx(retrieval.metrics.recall_at_one(x, labels)[0])
 
 
 @pytest.mark.parametrize("chunk_size", [5, 64, 1000])
@@ -288,6 +306,7 @@ def test_recall_at_one_tf_matches_brute_force(chunk_size, monkeypatch):
   def spy(q, c):
     shapes.append((int(q.shape[0]), int(c.shape[0])))
     return real(q, c)
+
   monkeypatch.setattr(retrieval, "_block_similarities", spy)
   x, labels = _clustered(15, 300, dim=8, classes=5)
   r1, mask = retrieval.recall_at_one_tf(x, labels, chunk_size)
@@ -312,9 +331,15 @@ def test_recall_at_one_tf_ties_and_errors():
 
 
 def test_tf_backend_evaluator_matches_numpy(net):
-  ev = {b: RetrievalEvaluator({"f": ("fashion_mnist", "test[:200]", "resize(8)")},
-                              upstream=("digits", "test"), crop=False, backend=b)
-        for b in retrieval.BACKENDS}
+  ev = {
+    b: RetrievalEvaluator(
+      {"f": ("fashion_mnist", "test[:200]", "resize(8)")},
+      upstream=("digits", "test"),
+      crop=False,
+      backend=b,
+    )
+    for b in retrieval.BACKENDS
+  }
   predictor = Predictor(net, batch_size=100)
   found = {b: e.evaluate(predictor) for b, e in ev.items()}
   assert found["tf"].keys() == found["numpy"].keys()

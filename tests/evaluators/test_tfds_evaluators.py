@@ -6,9 +6,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_unc import metrics
+from keras_unc.data.tfds_labels import label_source
 from keras_unc.evaluators import Predictor, ShiftEvaluator, SoftLabelEvaluator
 from keras_unc.evaluators.base import softmax
-from keras_unc.evaluators.tfds_labels import label_source
 from tests.evaluators.helpers import FakeNet, direct
 
 N = 24
@@ -36,19 +36,22 @@ def _read(name, split, keys, resize=None):
 
 def _soft_want(out, q, sets):
   p = out["probs"]
-  return {"real_accuracy": metrics.real_accuracy(p, sets),
-          "soft_nll": metrics.soft_nll(p, q), "kl": metrics.kl_to_labels(p, q),
-          "ged": metrics.generalized_energy_distance(softmax(out["logits"]), q),
-          "spearman_label_entropy": metrics.spearman_uncertainty_vs_label_entropy(
-              out["uncertainty"], q)}
+  return {
+    "real_accuracy": metrics.real_accuracy(p, sets),
+    "soft_nll": metrics.soft_nll(p, q),
+    "kl": metrics.kl_to_labels(p, q),
+    "ged": metrics.generalized_energy_distance(softmax(out["logits"]), q),
+    "spearman_label_entropy": metrics.spearman_uncertainty_vs_label_entropy(out["uncertainty"], q),
+  }
 
 
 def test_cifar10h_soft_labels(net):
   with tfds.testing.mock_data(num_examples=N):
     found = SoftLabelEvaluator("tfds:cifar10_h").evaluate(Predictor(net, batch_size=10))
     rows = _read("cifar10_h", "test", ("soft_label", "human_labels"))
-    votes = SoftLabelEvaluator("tfds:cifar10_h", label_key="human_labels",
-                               label_kind="counts", prefix="votes")
+    votes = SoftLabelEvaluator(
+      "tfds:cifar10_h", label_key="human_labels", label_kind="counts", prefix="votes"
+    )
     found.update(votes.evaluate(Predictor(net, batch_size=10)))
   out = direct(net, np.stack(rows["image"]))
   soft = np.stack(rows["soft_label"]).astype(np.float64)
@@ -94,8 +97,11 @@ def test_label_source_errors():
 
 def _shift_want(out, labels):
   p = out["probs"]
-  return {"accuracy": metrics.accuracy(p, labels), "nll": metrics.nll(p, labels),
-          "ece": metrics.expected_calibration_error(p, labels, 15)}
+  return {
+    "accuracy": metrics.accuracy(p, labels),
+    "nll": metrics.nll(p, labels),
+    "ece": metrics.expected_calibration_error(p, labels, 15),
+  }
 
 
 def test_shift_sets_and_corruptions():
@@ -103,20 +109,30 @@ def test_shift_sets_and_corruptions():
   types, severities = ("gaussian_noise", "frost"), (1, 3)
   with tfds.testing.mock_data(num_examples=N):
     evaluator = ShiftEvaluator(
-        datasets={"imagenet_v2": ("tfds:imagenet_v2", "test"),
-                  "imagenet_a": ("tfds:imagenet_a", "test"),
-                  "imagenet_r": ("tfds:imagenet_r", "test")},
-        corrupted={"imagenet_c": ("imagenet2012_corrupted", "validation"),
-                   "cifar10_c": ("tfds:cifar10_corrupted", "test", "")},
-        corruptions=types, severities=severities, preprocess="resize(8)", per_config=True)
+      datasets={
+        "imagenet_v2": ("tfds:imagenet_v2", "test"),
+        "imagenet_a": ("tfds:imagenet_a", "test"),
+        "imagenet_r": ("tfds:imagenet_r", "test"),
+      },
+      corrupted={
+        "imagenet_c": ("imagenet2012_corrupted", "validation"),
+        "cifar10_c": ("tfds:cifar10_corrupted", "test", ""),
+      },
+      corruptions=types,
+      severities=severities,
+      preprocess="resize(8)",
+      per_config=True,
+    )
     found = evaluator.evaluate(Predictor(net1000, batch_size=16))
     want = {}
     for name in ("imagenet_v2", "imagenet_a", "imagenet_r"):
       rows = _read(name, "test", ("label",), resize=8)
       got = _shift_want(direct(net1000, np.stack(rows["image"])), np.array(rows["label"]))
       want.update({f"shift/{name}/{k}": v for k, v in got.items()})
-    for name, builder, split, size in (("imagenet_c", "imagenet2012_corrupted", "validation", 8),
-                                       ("cifar10_c", "cifar10_corrupted", "test", None)):
+    for name, builder, split, size in (
+      ("imagenet_c", "imagenet2012_corrupted", "validation", 8),
+      ("cifar10_c", "cifar10_corrupted", "test", None),
+    ):
       per = {}
       for kind in types:
         for s in severities:

@@ -1,12 +1,93 @@
-"""BatchEnsemble layers: per-member math by hand, initialisers, `.keras` round trips, gradients."""
+"""BatchEnsemble layers: the shared harness, per-member math by hand, initialisers, gradients."""
 
 import keras
 import numpy as np
 import pytest
 
-from keras_unc.layers.batch_ensemble import (Conv2DBatchEnsemble, DenseBatchEnsemble,
-                                             NormalAroundOne, RandomSign, TileMembers)
+from keras_unc.layers.batch_ensemble import (
+  Conv2DBatchEnsemble,
+  DenseBatchEnsemble,
+  NormalAroundOne,
+  RandomSign,
+  TileMembers,
+)
 from keras_unc.layers.outputs import MemberAxis
+from tests.layers.helpers import run_layer_test
+
+
+def _data(*shape, seed=0):
+  return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+# Weight counts by hand: a BatchEnsemble layer holds the shared kernel, alpha [M, D_in], gamma
+# [M, D_out] and (with use_bias) bias [M, D_out], all trainable; TileMembers holds none.
+HARNESS_CASES = [
+  pytest.param(
+    TileMembers,
+    {"num_members": 3},
+    _data(2, 4),
+    {"expected_output_shape": (6, 4), "expected_num_trainable_weights": 0},
+    id="tile_members",
+  ),
+  pytest.param(
+    TileMembers,
+    {"num_members": 4, "train_members": 2},
+    _data(2, 3),
+    {"expected_output_shape": (8, 3), "expected_num_trainable_weights": 0},
+    id="tile_members_train_members",
+  ),
+  pytest.param(
+    DenseBatchEnsemble,
+    {
+      "units": 6,
+      "ensemble_size": 2,
+      "activation": "gelu",
+      "bias_initializer": "random_normal",
+      "alpha_initializer": "normal",
+      "fast_weight_stddev": 0.3,
+      "kernel_regularizer": "l2",
+    },
+    _data(4, 3, 5),  # Tokens [M * B, T, D].
+    {"expected_output_shape": (4, 3, 6), "expected_num_trainable_weights": 4},
+    id="dense_tokens",
+  ),
+  pytest.param(
+    DenseBatchEnsemble,
+    {"units": 3, "ensemble_size": 2, "use_bias": False},
+    _data(4, 5),
+    {"expected_output_shape": (4, 3), "expected_num_trainable_weights": 3},
+    id="dense_no_bias",
+  ),
+  pytest.param(
+    Conv2DBatchEnsemble,
+    {
+      "filters": 4,
+      "kernel_size": 3,
+      "ensemble_size": 3,
+      "strides": 2,
+      "padding": "same",
+      "activation": "relu",
+      "bias_initializer": "random_normal",
+    },
+    _data(6, 6, 6, 2),
+    {"expected_output_shape": (6, 3, 3, 4), "expected_num_trainable_weights": 4},
+    id="conv2d",
+  ),
+]
+
+
+@pytest.mark.parametrize("layer_cls, init_kwargs, input_data, expected", HARNESS_CASES)
+def test_layer_harness(layer_cls, init_kwargs, input_data, expected, tmp_path):
+  run_layer_test(
+    layer_cls,
+    init_kwargs,
+    input_data,
+    tmp_path=tmp_path,
+    expected_num_non_trainable_weights=0,
+    expected_num_seed_generators=0,
+    mixed_precision_output_dtype="bfloat16",
+    **expected,
+  )
 
 
 def _rng(seed=0):
@@ -15,29 +96,21 @@ def _rng(seed=0):
 
 def _randomise(layer, rng):
   """Sets distinct random kernel, alpha, gamma and bias; returns them as a dict."""
-  weights = {v.path.split("/")[-1]: rng.normal(size=v.shape).astype("float32")
-             for v in layer.weights}
+  weights = {
+    v.path.split("/")[-1]: rng.normal(size=v.shape).astype("float32") for v in layer.weights
+  }
   for v in layer.weights:
     v.assign(weights[v.path.split("/")[-1]])
   return weights
 
 
-def _roundtrip(model, x, tmp_path):
-  path = tmp_path / "m.keras"
-  model.save(path)
-  again = keras.saving.load_model(path)
-  np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0),
-                             atol=1e-5)
-  return again
-
-
-def test_tile_members_row_layout_and_train_inference_counts(tmp_path):
+def test_tile_members_row_layout_and_train_inference_counts():
   b = 2
   x = np.arange(b * 3, dtype="float32").reshape(b, 3)
   out = np.asarray(TileMembers(3)(x))
   assert out.shape == (3 * b, 3)
   for i in range(3):  # Member i owns rows [i*B, (i+1)*B).
-    np.testing.assert_array_equal(out[i * b:(i + 1) * b], x)
+    np.testing.assert_array_equal(out[i * b : (i + 1) * b], x)
   layer = TileMembers(4, train_members=2)
   assert np.asarray(layer(x)).shape == (4 * b, 3)
   assert np.asarray(layer(x, training=False)).shape == (4 * b, 3)
@@ -47,9 +120,6 @@ def test_tile_members_row_layout_and_train_inference_counts(tmp_path):
   np.testing.assert_array_equal(np.asarray(TileMembers(4, train_members=1)(x, training=True)), x)
   assert TileMembers(3).compute_output_shape((2, 5)) == (6, 5)
   assert TileMembers(3, train_members=1).compute_output_shape((2, 5)) == (None, 5)
-  inp = keras.Input((3,))
-  again = _roundtrip(keras.Model(inp, TileMembers(4, train_members=2)(inp)), x, tmp_path)
-  assert again.layers[-1].num_members == 4 and again.layers[-1].train_members == 2
 
 
 def test_tile_members_rejects_no_members():
@@ -91,18 +161,22 @@ def test_dense_random_fast_weights_match_numpy(extra_dims):
   out = np.asarray(layer(x))
   assert out.shape == (m * b, *extra_dims, units) == layer.compute_output_shape(x.shape)
   np.testing.assert_allclose(
-      out, _dense_by_hand(x, wt["kernel"], wt["alpha"], wt["gamma"], wt["bias"], m), atol=1e-5)
+    out, _dense_by_hand(x, wt["kernel"], wt["alpha"], wt["gamma"], wt["bias"], m), atol=1e-5
+  )
   # kernel_call uses the passed kernel with the layer's own fast weights and bias.
   other = rng.normal(size=(d, units)).astype("float32")
   np.testing.assert_allclose(
-      np.asarray(layer.kernel_call(x, keras.ops.convert_to_tensor(other))),
-      _dense_by_hand(x, other, wt["alpha"], wt["gamma"], wt["bias"], m), atol=1e-5)
+    np.asarray(layer.kernel_call(x, keras.ops.convert_to_tensor(other))),
+    _dense_by_hand(x, other, wt["alpha"], wt["gamma"], wt["bias"], m),
+    atol=1e-5,
+  )
   assert not np.allclose(np.asarray(layer.kernel_call(x, other)), out)
 
 
 def _conv_by_hand(x, w, alpha, gamma, bias, m, strides, padding):
-  conv = keras.layers.Conv2D(w.shape[-1], w.shape[:2], strides=strides, padding=padding,
-                             use_bias=False)
+  conv = keras.layers.Conv2D(
+    w.shape[-1], w.shape[:2], strides=strides, padding=padding, use_bias=False
+  )
   conv.build(x.shape)
   conv.kernel.assign(w)
   xr = x.reshape((m, -1) + x.shape[1:])
@@ -120,25 +194,38 @@ def test_conv2d_matches_per_member_keras_conv(padding):
   wt = _randomise(layer, rng)
   out = np.asarray(layer(x))
   assert out.shape == layer.compute_output_shape(x.shape)
-  expected = _conv_by_hand(x, wt["kernel"], wt["alpha"], wt["gamma"], wt["bias"], m, strides,
-                           padding)
+  expected = _conv_by_hand(
+    x, wt["kernel"], wt["alpha"], wt["gamma"], wt["bias"], m, strides, padding
+  )
   np.testing.assert_allclose(out, expected, atol=1e-4)
   other = rng.normal(size=wt["kernel"].shape).astype("float32")
   np.testing.assert_allclose(
-      np.asarray(layer.kernel_call(x, other)),
-      _conv_by_hand(x, other, wt["alpha"], wt["gamma"], wt["bias"], m, strides, padding),
-      atol=1e-4)
+    np.asarray(layer.kernel_call(x, other)),
+    _conv_by_hand(x, other, wt["alpha"], wt["gamma"], wt["bias"], m, strides, padding),
+    atol=1e-4,
+  )
 
 
 def test_conv2d_accepts_backbone_factory_arguments():
   init = keras.initializers.HeNormal(seed=0)
-  layer = Conv2DBatchEnsemble(4, (3, 3), 2, strides=(2, 2), padding="SAME", use_bias=False,
-                              kernel_initializer=init, bias_initializer="zeros")
+  layer = Conv2DBatchEnsemble(
+    4,
+    (3, 3),
+    2,
+    strides=(2, 2),
+    padding="SAME",
+    use_bias=False,
+    kernel_initializer=init,
+    bias_initializer="zeros",
+  )
   out = layer(np.ones((4, 6, 6, 3), "float32"))
   assert out.shape == (4, 3, 3, 4)
   assert layer.bias is None and layer.kernel.shape == (3, 3, 3, 4) and layer.ensemble_size == 2
   assert sorted(v.path.split("/")[-1] for v in layer.trainable_weights) == [
-      "alpha", "gamma", "kernel"]
+    "alpha",
+    "gamma",
+    "kernel",
+  ]
 
 
 def test_fast_weight_initialiser_statistics():
@@ -157,8 +244,9 @@ def test_fast_weight_initialiser_statistics():
 
 
 def test_layers_resolve_fast_weight_initialiser_names():
-  layer = DenseBatchEnsemble(6, 4, alpha_initializer="normal", gamma_initializer="ones",
-                             fast_weight_stddev=0.2)
+  layer = DenseBatchEnsemble(
+    6, 4, alpha_initializer="normal", gamma_initializer="ones", fast_weight_stddev=0.2
+  )
   layer.build((None, 50))
   assert isinstance(layer.alpha_initializer, NormalAroundOne)
   assert layer.alpha_initializer.stddev == 0.2
@@ -173,34 +261,6 @@ def test_layers_resolve_fast_weight_initialiser_names():
   assert default.alpha.shape == (4, 20) and default.gamma.shape == (4, 8)
 
 
-def test_dense_roundtrip_with_tokens(tmp_path):
-  m, b, t, d = 2, 3, 4, 5
-  inp = keras.Input((t, d))
-  h = TileMembers(m)(inp)
-  h = DenseBatchEnsemble(6, m, activation="gelu", bias_initializer="random_normal",
-                         alpha_initializer="normal")(h)
-  out = MemberAxis(m)(keras.layers.Flatten()(h))
-  x = _rng(4).normal(size=(b, t, d)).astype("float32")
-  again = _roundtrip(keras.Model(inp, out), x, tmp_path)
-  layer = again.layers[2]
-  assert isinstance(layer, DenseBatchEnsemble) and layer.ensemble_size == m
-  assert isinstance(layer.alpha_initializer, NormalAroundOne)
-
-
-def test_conv2d_roundtrip(tmp_path):
-  m, b = 3, 2
-  inp = keras.Input((6, 6, 2))
-  h = TileMembers(m)(inp)
-  h = Conv2DBatchEnsemble(4, 3, m, strides=2, padding="same", activation="relu",
-                          bias_initializer="random_normal")(h)
-  out = MemberAxis(m)(keras.layers.GlobalAveragePooling2D()(h))
-  x = _rng(5).normal(size=(b, 6, 6, 2)).astype("float32")
-  again = _roundtrip(keras.Model(inp, out), x, tmp_path)
-  layer = again.layers[2]
-  assert isinstance(layer, Conv2DBatchEnsemble)
-  assert (layer.strides, layer.padding, layer.ensemble_size) == ((2, 2), "same", m)
-
-
 def test_errors_for_no_members_and_untiled_batch():
   with pytest.raises(ValueError, match=">= 1"):
     DenseBatchEnsemble(3, ensemble_size=0)
@@ -212,19 +272,13 @@ def test_errors_for_no_members_and_untiled_batch():
     Conv2DBatchEnsemble(3, 1, ensemble_size=2)(np.zeros((3, 2, 2, 1), "float32"))
 
 
-def test_mixed_precision_computes_in_compute_dtype():
-  layer = DenseBatchEnsemble(3, 2, dtype="mixed_bfloat16")
-  out = layer(np.ones((4, 5), "float32"))
-  assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
-  assert all(v.dtype == "float32" for v in layer.weights)
-
-
 def test_one_fit_step_moves_every_weight():
   m, b = 2, 4
   inp = keras.Input((4, 4, 2))
   h = TileMembers(m)(inp)
-  conv = Conv2DBatchEnsemble(3, 3, m, padding="same", activation="tanh",
-                             bias_initializer="random_normal")
+  conv = Conv2DBatchEnsemble(
+    3, 3, m, padding="same", activation="tanh", bias_initializer="random_normal"
+  )
   dense = DenseBatchEnsemble(2, m, bias_initializer="random_normal")
   h = dense(keras.layers.GlobalAveragePooling2D()(conv(h)))
   model = keras.Model(inp, MemberAxis(m)(h))

@@ -1,13 +1,14 @@
-"""Random-feature GP layer and mean-field logits: features, precision and variance by hand."""
+"""Random-feature GP layer and mean-field logits: the shared harness, features, precision and
+variance by hand."""
 
 import math
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from keras_unc.layers.gaussian_process import MeanFieldLogits, RandomFeatureGaussianProcess
+from tests.layers.helpers import run_layer_test
 
 D_IN, D, C = 3, 16, 4
 
@@ -32,6 +33,68 @@ def _phi(layer, x, scale=True):
 def _softmax(z):
   e = np.exp(z - z.max(-1, keepdims=True))
   return e / e.sum(-1, keepdims=True)
+
+
+# Weight counts by hand. The GP layer: trainable β [D, C] (+ output bias [C], + the input
+# LayerNormalization's gamma and beta); non-trainable random kernel [D_in, D], random bias [D]
+# and precision matrix [D, D]. MeanFieldLogits has none.
+HARNESS_CASES = [
+  pytest.param(
+    RandomFeatureGaussianProcess,
+    {"units": C, "num_inducing": D, "seed": 3},
+    _x((5, D_IN)),
+    {
+      "expected_output_shape": ((5, C), (5,)),
+      "expected_num_trainable_weights": 1,
+      "expected_num_non_trainable_weights": 3,
+    },
+    id="gp",
+  ),
+  pytest.param(
+    RandomFeatureGaussianProcess,
+    {
+      "units": 1,
+      "num_inducing": D,
+      "gp_cov_momentum": 0.9,
+      "likelihood": "logistic",
+      "output_bias": True,
+      "scale_random_features": False,
+      "seed": 4,
+    },
+    _x((5, D_IN)),
+    {
+      "expected_output_shape": ((5, 1), (5,)),
+      "expected_num_trainable_weights": 2,
+      "expected_num_non_trainable_weights": 3,
+    },
+    id="gp_logistic_momentum_bias",
+  ),
+  pytest.param(
+    MeanFieldLogits,
+    {"mean_field_factor": 0.5},
+    (_x((3, C)), np.array([0.0, 1.0, 4.0], "float32")),
+    {
+      "expected_output_shape": (3, C),
+      "expected_num_trainable_weights": 0,
+      "expected_num_non_trainable_weights": 0,
+    },
+    id="mean_field_logits",
+  ),
+]
+
+
+@pytest.mark.parametrize("layer_cls, init_kwargs, input_data, expected", HARNESS_CASES)
+def test_layer_harness(layer_cls, init_kwargs, input_data, expected, tmp_path):
+  run_layer_test(
+    layer_cls,
+    init_kwargs,
+    input_data,
+    tmp_path=tmp_path,
+    expected_num_seed_generators=0,
+    mixed_precision_output_dtype="bfloat16",
+    atol=1e-5,
+    **expected,
+  )
 
 
 def test_random_feature_distribution():
@@ -110,44 +173,49 @@ def test_logistic_likelihood_weights_by_p_one_minus_p(units):
   np.testing.assert_allclose(layer.precision_matrix.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_mean_field_logits_by_hand(tmp_path):
+def test_mean_field_logits_by_hand():
   logits = _x((3, C))
   variance = np.array([0.0, 1.0, 4.0], "float32")
   out = np.asarray(MeanFieldLogits()((logits, variance)))
-  np.testing.assert_allclose(out, logits / np.sqrt(1 + math.pi / 8 * variance)[:, None],
-                             rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(MeanFieldLogits(2.0)((logits, variance))),
-                             logits / np.sqrt(1 + 2 * variance)[:, None], rtol=1e-6)
+  np.testing.assert_allclose(out, logits / np.sqrt(1 + math.pi / 8 * variance)[:, None], rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(MeanFieldLogits(2.0)((logits, variance))),
+    logits / np.sqrt(1 + 2 * variance)[:, None],
+    rtol=1e-6,
+  )
   np.testing.assert_array_equal(np.asarray(MeanFieldLogits(-1.0)((logits, variance))), logits)
-  a, b = keras.Input((C,)), keras.Input(())
-  model = keras.Model([a, b], MeanFieldLogits(0.5)((a, b)))
-  model.save(tmp_path / "m.keras")
-  again = keras.saving.load_model(tmp_path / "m.keras")
-  assert again.layers[-1].mean_field_factor == 0.5
-  np.testing.assert_allclose(again.predict([logits, variance], verbose=0),
-                             logits / np.sqrt(1 + 0.5 * variance)[:, None], rtol=1e-6)
 
 
-def test_keras_roundtrip_keeps_precision_and_variance(tmp_path):
-  inp = keras.Input((D_IN,))
-  gp = RandomFeatureGaussianProcess(C, num_inducing=D, normalize_input=True, output_bias=True,
-                                    gp_cov_ridge_penalty=2.0, kernel_scale=1.5,
-                                    kernel_regularizer="l2", seed=1, name="gp")
-  logits, variance = gp(inp)
-  model = keras.Model(inp, [MeanFieldLogits()((logits, variance)), variance])
-  for s in range(2):
-    gp(_x((4, D_IN), seed=s), training=True)
-  x = _x((3, D_IN), seed=7)
-  before = model.predict(x, verbose=0)
-  assert np.asarray(before[1]).min() > 0
-  model.save(tmp_path / "gp.keras")
-  again = keras.saving.load_model(tmp_path / "gp.keras")
-  gp2 = again.get_layer("gp")
-  assert gp2.get_config() == gp.get_config()
-  np.testing.assert_array_equal(gp2.precision_matrix.numpy(), gp.precision_matrix.numpy())
-  assert np.abs(gp2.precision_matrix.numpy() - 2.0 * np.eye(D)).max() > 1e-3
-  for a, b in zip(again.predict(x, verbose=0), before):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+def test_keras_round_trip_keeps_the_trained_precision_and_variance(tmp_path):
+  # Layer norm, output bias, regularizer: trainable β, bias, LayerNorm gamma and beta.
+  kwargs = {
+    "units": C,
+    "num_inducing": D,
+    "normalize_input": True,
+    "output_bias": True,
+    "gp_cov_ridge_penalty": 2.0,
+    "kernel_scale": 1.5,
+    "kernel_regularizer": "l2",
+    "seed": 1,
+  }
+  x = _x((4, D_IN), seed=7)
+  report = run_layer_test(
+    RandomFeatureGaussianProcess,
+    kwargs,
+    x,
+    tmp_path=tmp_path,
+    expected_output_shape=((4, C), (4,)),
+    expected_num_trainable_weights=4,
+    expected_num_non_trainable_weights=3,
+    atol=1e-5,
+  )
+  # The harness trains one step before saving: P moved away from ridge · I and came back.
+  gp, again = report.layer, report.loaded_layer
+  assert np.abs(gp.precision_matrix.numpy() - 2.0 * np.eye(D)).max() > 1e-3
+  np.testing.assert_array_equal(again.precision_matrix.numpy(), gp.precision_matrix.numpy())
+  variance, variance_again = np.asarray(gp(x)[1]), np.asarray(again(x)[1])
+  assert variance.min() > 0
+  np.testing.assert_allclose(variance_again, variance, rtol=1e-6)
 
 
 @pytest.mark.parametrize("momentum", [-1.0, 0.9])
@@ -159,18 +227,22 @@ def test_mirrored_precision_equals_one_device_for_same_global_batch(momentum):
   ref.set_weights([w.numpy() for w in layer.weights])
   x = _x((6, D_IN))
   dist_x = strategy.experimental_distribute_values_from_function(
-      lambda ctx: x[3 * ctx.replica_id_in_sync_group:3 * ctx.replica_id_in_sync_group + 3])
+    lambda ctx: x[3 * ctx.replica_id_in_sync_group : 3 * ctx.replica_id_in_sync_group + 3]
+  )
   step = tf.function(lambda inputs: layer(inputs, training=True)[0])
   for _ in range(2):
     strategy.run(step, args=(dist_x,))
     ref(x, training=True)
   assert np.abs(ref.precision_matrix.numpy() - np.eye(D)).max() > 1e-3
   for replica_value in strategy.experimental_local_results(layer.precision_matrix.value):
-    np.testing.assert_allclose(replica_value.numpy(), ref.precision_matrix.numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      replica_value.numpy(), ref.precision_matrix.numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     ({"num_inducing": 0}, "num_inducing"),
     ({"likelihood": "poisson"}, "likelihood"),
     ({"gp_cov_momentum": 0.0}, "gp_cov_momentum"),
@@ -179,7 +251,8 @@ def test_mirrored_precision_equals_one_device_for_same_global_batch(momentum):
     ({"gp_cov_ridge_penalty": 0.0}, "gp_cov_ridge_penalty"),
     ({"kernel_scale": 0.0}, "kernel_scale"),
     ({"units": 0}, "units"),
-])
+  ],
+)
 def test_invalid_arguments(kwargs, match):
   kwargs = {"units": 2, **kwargs}
   with pytest.raises(ValueError, match=match):

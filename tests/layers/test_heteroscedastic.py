@@ -1,16 +1,107 @@
-"""Heteroscedastic heads: formulas by hand with fixed noise, limits, errors, `.keras` round trip."""
+"""Heteroscedastic heads: the shared harness, formulas by hand with fixed noise, limits, errors."""
 
 import keras
 import numpy as np
 import pytest
 
 from keras_unc.layers.heteroscedastic import HetXLDense, MCSigmoidDenseFA, MCSoftmaxDenseFA
+from tests.layers.helpers import run_layer_test
 
 B, D, C = 3, 5, 4
 
 
 def _x(seed=0, b=B, d=D):
   return np.random.default_rng(seed).normal(size=(b, d)).astype("float32")
+
+
+# Weight counts by hand (all trainable; every Dense holds a kernel and a bias): the FA heads
+# have loc Dense(C) unless `loc` is passed, diag Dense(C) and either scale Dense(C·R) or, when
+# parameter_efficient, scale_heteroscedastic Dense(C) plus the shared factor [R, C]; R = 0
+# drops the factor weights. HetXLDense: classifier Dense(C), diag Dense(D), scale Dense(D·R).
+# Each head owns one seed generator and samples at inference.
+HARNESS_CASES = [
+  pytest.param(
+    MCSoftmaxDenseFA,
+    {"num_classes": C, "num_factors": 2, "temperature": 0.9, "test_mc_samples": 4, "seed": 1},
+    _x(),
+    {"expected_output_shape": (B, C), "expected_num_trainable_weights": 6},
+    id="softmax_fa",
+  ),
+  pytest.param(
+    MCSoftmaxDenseFA,
+    {"num_classes": C, "num_factors": 0, "train_mc_samples": 2, "test_mc_samples": 3},
+    _x(),
+    {"expected_output_shape": (B, C), "expected_num_trainable_weights": 4},
+    id="softmax_diagonal_unseeded",
+  ),
+  pytest.param(
+    MCSoftmaxDenseFA,
+    {
+      "num_classes": C,
+      "num_factors": 2,
+      "train_mc_samples": 4,
+      "test_mc_samples": 4,
+      "parameter_efficient": True,
+      "share_samples_across_batch": True,
+      "return_samples": True,
+      "seed": 1,
+    },
+    _x(),
+    {"expected_output_shape": ((B, C), (B, 4, C)), "expected_num_trainable_weights": 7},
+    id="softmax_parameter_efficient_samples",
+  ),
+  pytest.param(
+    MCSoftmaxDenseFA,
+    {"num_classes": C, "num_factors": 2, "test_mc_samples": 4, "seed": 2},
+    {"inputs": _x(), "loc": _x(seed=3, d=C)},
+    {"expected_output_shape": (B, C), "expected_num_trainable_weights": 4},
+    id="softmax_with_loc",
+  ),
+  pytest.param(
+    MCSigmoidDenseFA,
+    {"num_outputs": C, "num_factors": 1, "train_mc_samples": 3, "test_mc_samples": 4, "seed": 1},
+    _x(),
+    {"expected_output_shape": (B, C), "expected_num_trainable_weights": 6},
+    id="sigmoid_fa",
+  ),
+  pytest.param(
+    HetXLDense,
+    {
+      "num_classes": C,
+      "num_factors": 2,
+      "temperature": 1.3,
+      "train_mc_samples": 3,
+      "test_mc_samples": 4,
+      "seed": 1,
+    },
+    _x(),
+    {"expected_output_shape": (B, C), "expected_num_trainable_weights": 6},
+    id="hetxl",
+  ),
+  pytest.param(
+    HetXLDense,
+    {"num_classes": C, "num_factors": 0, "train_mc_samples": 2, "test_mc_samples": 2, "seed": 5},
+    _x(),
+    {"expected_output_shape": (B, C), "expected_num_trainable_weights": 4},
+    id="hetxl_diagonal",
+  ),
+]
+
+
+@pytest.mark.parametrize("layer_cls, init_kwargs, input_data, expected", HARNESS_CASES)
+def test_layer_harness(layer_cls, init_kwargs, input_data, expected, tmp_path):
+  run_layer_test(
+    layer_cls,
+    init_kwargs,
+    input_data,
+    tmp_path=tmp_path,
+    expected_num_non_trainable_weights=0,
+    expected_num_seed_generators=1,
+    deterministic=False,
+    mixed_precision_output_dtype="float32",
+    atol=1e-5,
+    **expected,
+  )
 
 
 def _softplus(x):
@@ -53,12 +144,17 @@ def fixed_noise(monkeypatch):
       rng = np.random.default_rng(seed + num_samples)
       rows = 1 if self.share_samples_across_batch else int(batch_size)
       dim = self.embed_dim if isinstance(self, HetXLDense) else self.size
-      eps_r = (rng.normal(size=(rows, num_samples, self.num_factors)).astype("float32")
-               if self.num_factors else None)
+      eps_r = (
+        rng.normal(size=(rows, num_samples, self.num_factors)).astype("float32")
+        if self.num_factors
+        else None
+      )
       eps_d = rng.normal(size=(rows, num_samples, dim)).astype("float32")
       drawn[num_samples] = (eps_r, eps_d)
-      return (None if eps_r is None else keras.ops.convert_to_tensor(eps_r),
-              keras.ops.convert_to_tensor(eps_d))
+      return (
+        None if eps_r is None else keras.ops.convert_to_tensor(eps_r),
+        keras.ops.convert_to_tensor(eps_d),
+      )
 
     monkeypatch.setattr(cls, "_sample_noise", fake)
     return drawn
@@ -74,8 +170,9 @@ def _latent_by_hand(layer, x, eps_r, eps_d, loc=None):
     noise = noise + v[:, None] * (eps_r @ np.asarray(layer.shared_factor))
   elif layer.num_factors:
     factor = _dense(layer.scale_layer, x).reshape(x.shape[0], layer.size, layer.num_factors)
-    noise = noise + np.einsum("bkr,bsr->bsk", factor, np.broadcast_to(
-        eps_r, (x.shape[0],) + eps_r.shape[1:]))
+    noise = noise + np.einsum(
+      "bkr,bsr->bsk", factor, np.broadcast_to(eps_r, (x.shape[0],) + eps_r.shape[1:])
+    )
   return mu[:, None] + noise
 
 
@@ -86,11 +183,16 @@ def _log_mean_softmax(tempered):
 
 
 @pytest.mark.parametrize("num_factors,parameter_efficient", [(2, False), (0, False), (3, True)])
-def test_softmax_fa_matches_numpy_with_fixed_noise(fixed_noise, num_factors,
-                                                   parameter_efficient):
+def test_softmax_fa_matches_numpy_with_fixed_noise(fixed_noise, num_factors, parameter_efficient):
   drawn = fixed_noise(MCSoftmaxDenseFA)
-  layer = MCSoftmaxDenseFA(C, num_factors=num_factors, temperature=0.7, train_mc_samples=3,
-                           test_mc_samples=6, parameter_efficient=parameter_efficient)
+  layer = MCSoftmaxDenseFA(
+    C,
+    num_factors=num_factors,
+    temperature=0.7,
+    train_mc_samples=3,
+    test_mc_samples=6,
+    parameter_efficient=parameter_efficient,
+  )
   x = _x()
   layer(x)
   _randomise(layer)
@@ -129,8 +231,9 @@ def test_temperature_flattens_the_predictive():
 
 
 def test_output_is_normalised_log_probs_and_samples_follow_training_flag():
-  layer = MCSoftmaxDenseFA(C, num_factors=2, train_mc_samples=3, test_mc_samples=5,
-                           return_samples=True, seed=0)
+  layer = MCSoftmaxDenseFA(
+    C, num_factors=2, train_mc_samples=3, test_mc_samples=5, return_samples=True, seed=0
+  )
   x = _x()
   for training, s in ((True, 3), (False, 5), (None, 5)):
     out, samples = layer(x, training=training)
@@ -161,8 +264,9 @@ def test_loc_passthrough_replaces_the_mean_layer(fixed_noise):
   assert layer.loc_layer is None
   assert all("loc" not in v.path for v in layer.weights)
   eps_r, eps_d = drawn[4]
-  np.testing.assert_allclose(out, _log_mean_softmax(_latent_by_hand(layer, x, eps_r, eps_d,
-                                                                    loc=loc)), atol=1e-5)
+  np.testing.assert_allclose(
+    out, _log_mean_softmax(_latent_by_hand(layer, x, eps_r, eps_d, loc=loc)), atol=1e-5
+  )
   _silence_noise(layer)
   np.testing.assert_allclose(np.asarray(layer(x, loc=loc)), _log_softmax(loc), atol=1e-5)
   with pytest.raises(ValueError, match="loc"):
@@ -208,8 +312,9 @@ def _hetxl_by_hand(layer, x, eps_r, eps_d, tau):
 @pytest.mark.parametrize("num_factors", [2, 0])
 def test_hetxl_matches_numpy_with_fixed_noise(fixed_noise, num_factors):
   drawn = fixed_noise(HetXLDense)
-  layer = HetXLDense(C, num_factors=num_factors, temperature=0.8, train_mc_samples=2,
-                     test_mc_samples=5)
+  layer = HetXLDense(
+    C, num_factors=num_factors, temperature=0.8, train_mc_samples=2, test_mc_samples=5
+  )
   x = _x()
   layer(x)
   _randomise(layer)
@@ -222,16 +327,24 @@ def test_hetxl_matches_numpy_with_fixed_noise(fixed_noise, num_factors):
 
 def test_hetxl_zero_noise_and_samples():
   x = _x()
-  layer = HetXLDense(C, num_factors=2, temperature=1.5, train_mc_samples=2, test_mc_samples=3,
-                     return_samples=True, seed=0)
+  layer = HetXLDense(
+    C,
+    num_factors=2,
+    temperature=1.5,
+    train_mc_samples=2,
+    test_mc_samples=3,
+    return_samples=True,
+    seed=0,
+  )
   out, samples = layer(x, training=True)
   assert samples.shape == (B, 2, C)
   np.testing.assert_allclose(np.log(np.exp(np.asarray(out, "float64")).sum(-1)), 0.0, atol=1e-5)
   _silence_noise(layer)
   out, samples = layer(x)
   assert samples.shape == (B, 3, C)
-  np.testing.assert_allclose(np.asarray(out), _log_softmax(_dense(layer.classifier, x) / 1.5),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(out), _log_softmax(_dense(layer.classifier, x) / 1.5), atol=1e-5
+  )
 
 
 @pytest.mark.parametrize("num_factors", [2, 0])
@@ -265,45 +378,6 @@ def test_training_step_updates_noise_parameters():
   history = model.fit(x, y, epochs=1, batch_size=8, verbose=0)
   assert np.isfinite(history.history["loss"][0])
   assert not np.allclose(before, np.asarray(layer.scale_layer.kernel))
-
-
-def _roundtrip(model, inputs, tmp_path):
-  path = tmp_path / "m.keras"
-  model.save(path)
-  again = keras.saving.load_model(path)
-  for w, w2 in zip(model.weights, again.weights):
-    np.testing.assert_array_equal(np.asarray(w), np.asarray(w2))
-  # Same seed state on both sides: the first stochastic prediction agrees too.
-  got, expected = again.predict(inputs, verbose=0), model.predict(inputs, verbose=0)
-  for a, e in zip(keras.tree.flatten(got), keras.tree.flatten(expected)):
-    np.testing.assert_allclose(a, e, atol=1e-5)
-  return again
-
-
-@pytest.mark.parametrize("make", [
-    lambda: MCSoftmaxDenseFA(C, num_factors=2, temperature=0.9, test_mc_samples=4, seed=1),
-    lambda: MCSoftmaxDenseFA(C, num_factors=2, test_mc_samples=4, parameter_efficient=True,
-                             share_samples_across_batch=True, return_samples=True, seed=1),
-    lambda: MCSigmoidDenseFA(C, num_factors=1, test_mc_samples=4, seed=1),
-    lambda: HetXLDense(C, num_factors=2, temperature=1.3, test_mc_samples=4, seed=1),
-])
-def test_keras_round_trip(make, tmp_path):
-  layer = make()
-  inp = keras.Input((D,))
-  model = keras.Model(inp, layer(inp))
-  again = _roundtrip(model, _x(), tmp_path)
-  loaded = again.layers[-1]
-  assert type(loaded) is type(layer)
-  assert loaded.get_config() == layer.get_config()
-
-
-def test_keras_round_trip_with_loc_input(tmp_path):
-  x_in, loc_in = keras.Input((D,)), keras.Input((C,))
-  layer = MCSoftmaxDenseFA(C, num_factors=2, test_mc_samples=4, seed=2)
-  model = keras.Model([x_in, loc_in], layer(x_in, loc=loc_in))
-  loc = np.random.default_rng(3).normal(size=(B, C)).astype("float32")
-  again = _roundtrip(model, [_x(), loc], tmp_path)
-  assert again.layers[-1].loc_layer is None
 
 
 @pytest.mark.parametrize("cls", [MCSoftmaxDenseFA, MCSigmoidDenseFA])

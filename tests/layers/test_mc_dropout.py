@@ -1,20 +1,58 @@
-"""MC dropout and shallow-ensemble heads: statistics, math by hand, errors, `.keras` round trips."""
+"""MC dropout and shallow-ensemble heads: the shared harness, statistics, math by hand, errors."""
 
 import keras
 import numpy as np
 import pytest
 
-from keras_unc.layers.mc_dropout import MCDropout, ShallowEnsembleHead
+from keras_unc.layers.mc_dropout import MCDropout
+from keras_unc.layers.shallow_ensemble import ShallowEnsembleHead
+from tests.layers.helpers import run_layer_test
 
 
-def _roundtrip(model, x, tmp_path):
-  path = tmp_path / "m.keras"
-  model.save(path)
-  again = keras.saving.load_model(path)
-  for w, w2 in zip(model.weights, again.weights):
-    np.testing.assert_array_equal(np.asarray(w), np.asarray(w2))
-  np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
-  return again
+def _x(*shape, seed=0):
+  return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+# Weight counts by hand: MCDropout has none (one seed generator, random at inference);
+# ShallowEnsembleHead holds the trainable kernel [M, D, C] and bias [M, C].
+HARNESS_CASES = [
+  pytest.param(
+    MCDropout,
+    {"rate": 0.4, "seed": 3},
+    _x(5, 6),
+    {
+      "expected_output_shape": (5, 6),
+      "expected_num_trainable_weights": 0,
+      "expected_num_seed_generators": 1,
+      "deterministic": False,
+    },
+    id="mc_dropout",
+  ),
+  pytest.param(
+    ShallowEnsembleHead,
+    {"num_classes": 4, "num_heads": 3, "bias_initializer": "ones"},
+    _x(2, 5),
+    {
+      "expected_output_shape": (2, 3, 4),
+      "expected_num_trainable_weights": 2,
+      "expected_num_seed_generators": 0,
+    },
+    id="shallow_ensemble",
+  ),
+]
+
+
+@pytest.mark.parametrize("layer_cls, init_kwargs, input_data, expected", HARNESS_CASES)
+def test_layer_harness(layer_cls, init_kwargs, input_data, expected, tmp_path):
+  run_layer_test(
+    layer_cls,
+    init_kwargs,
+    input_data,
+    tmp_path=tmp_path,
+    expected_num_non_trainable_weights=0,
+    mixed_precision_output_dtype="bfloat16",
+    **expected,
+  )
 
 
 def test_mc_dropout_is_active_at_inference_with_inverted_scaling():
@@ -53,14 +91,7 @@ def test_mc_dropout_rate_errors(rate):
     MCDropout(rate)
 
 
-def test_mc_dropout_round_trip(tmp_path):
-  inp = keras.Input((6,))
-  model = keras.Model(inp, MCDropout(0.4, seed=3)(inp))
-  again = _roundtrip(model, np.ones((5, 6), "float32"), tmp_path)
-  assert again.layers[-1].rate == 0.4
-
-
-def test_shallow_ensemble_equals_separate_linear_maps(tmp_path):
+def test_shallow_ensemble_equals_separate_linear_maps():
   b, d, c, m = 3, 5, 4, 3
   rng = np.random.default_rng(0)
   x = rng.normal(size=(b, d)).astype("float32")
@@ -84,10 +115,6 @@ def test_shallow_ensemble_equals_separate_linear_maps(tmp_path):
     seeded.append(np.asarray(head.kernel))
   np.testing.assert_array_equal(seeded[0], seeded[1])  # Reproducible ...
   assert not np.allclose(seeded[0][0], seeded[0][1])  # ... and still distinct heads.
-  inp = keras.Input((d,))
-  again = _roundtrip(keras.Model(inp, ShallowEnsembleHead(c, m, bias_initializer="ones")(inp)),
-                     x, tmp_path)
-  assert again.layers[-1].num_heads == m
 
 
 def test_shallow_ensemble_errors():

@@ -1,4 +1,5 @@
-"""SpectralNormalization wrapper: σ against NumPy, outputs by hand, u state, gradients, saving."""
+"""SpectralNormalization wrapper: the shared harness, σ against NumPy, outputs by hand, u state,
+gradients."""
 
 import keras
 import numpy as np
@@ -6,8 +7,9 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
+from keras_unc.layers.batch_ensemble import DenseBatchEnsemble
 from keras_unc.layers.spectral_norm import SpectralNormalization
-from tests.layers.helpers import roundtrip
+from tests.layers.helpers import run_layer_test
 
 
 @keras.saving.register_keras_serializable(package="keras_unc_test")
@@ -44,8 +46,11 @@ def _matrix_with_singular_values(rows, cols, singular, seed=0):
 
 
 def _dense(kernel, bias, norm_bound, activation=None, power_iterations=1):
-  layer = SpectralNormalization(keras.layers.Dense(kernel.shape[1], activation=activation),
-                                norm_bound=norm_bound, power_iterations=power_iterations)
+  layer = SpectralNormalization(
+    keras.layers.Dense(kernel.shape[1], activation=activation),
+    norm_bound=norm_bound,
+    power_iterations=power_iterations,
+  )
   layer.build((None, kernel.shape[0]))
   layer.layer.kernel.assign(kernel)
   layer.layer.bias.assign(bias)
@@ -54,6 +59,52 @@ def _dense(kernel, bias, norm_bound, activation=None, power_iterations=1):
 
 def _x(shape, seed=1):
   return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+# Weight counts by hand: the wrapped layer's trainable weights (Dense / Conv2D: kernel and
+# bias; _KernelCallDense: kernel; DenseBatchEnsemble: kernel, alpha, gamma, bias) plus the
+# wrapper's one non-trainable power-iteration vector u.
+HARNESS_CASES = [
+  pytest.param(
+    {"layer": keras.layers.Dense(3, activation="tanh"), "norm_bound": 0.5},
+    _x((4, 5)),
+    {"expected_output_shape": (4, 3), "expected_num_trainable_weights": 2},
+    id="dense",
+  ),
+  pytest.param(
+    {"layer": keras.layers.Conv2D(2, 3, strides=2, padding="same"), "power_iterations": 2},
+    _x((2, 5, 5, 1)),
+    {"expected_output_shape": (2, 3, 3, 2), "expected_num_trainable_weights": 2},
+    id="conv2d",
+  ),
+  pytest.param(
+    {"layer": _KernelCallDense(3), "norm_bound": 1.0, "power_iterations": 3},
+    _x((3, 4)),
+    {"expected_output_shape": (3, 3), "expected_num_trainable_weights": 1},
+    id="kernel_call",
+  ),
+  pytest.param(
+    {"layer": DenseBatchEnsemble(3, ensemble_size=2), "norm_bound": 0.9},
+    _x((4, 5)),
+    {"expected_output_shape": (4, 3), "expected_num_trainable_weights": 4},
+    id="batch_ensemble",
+  ),
+]
+
+
+@pytest.mark.parametrize("init_kwargs, input_data, expected", HARNESS_CASES)
+def test_layer_harness(init_kwargs, input_data, expected, tmp_path):
+  run_layer_test(
+    SpectralNormalization,
+    init_kwargs,
+    input_data,
+    tmp_path=tmp_path,
+    expected_num_non_trainable_weights=1,
+    expected_num_seed_generators=0,
+    mixed_precision_output_dtype="bfloat16",
+    atol=1e-5,
+    **expected,
+  )
 
 
 def test_sigma_converges_to_numpy_norm_and_output_is_rescaled_dense():
@@ -98,7 +149,7 @@ def test_conv2d_equals_keras_conv_with_rescaled_kernel():
   np.testing.assert_allclose(out, np.asarray(plain(x)), atol=1e-5)
 
 
-def test_kernel_call_layer_is_wrapped(tmp_path):
+def test_kernel_call_layer_is_wrapped():
   w = _matrix_with_singular_values(4, 3, [2.0, 1.0, 0.5])
   layer = SpectralNormalization(_KernelCallDense(3), norm_bound=1.0, power_iterations=20)
   layer.build((None, 4))
@@ -106,7 +157,6 @@ def test_kernel_call_layer_is_wrapped(tmp_path):
   x = _x((3, 4))
   out = np.asarray(layer(x, training=True))
   np.testing.assert_allclose(out, 2.0 * x @ (w / 2.0) - 1.0, atol=1e-5)
-  roundtrip(layer, x, tmp_path)
 
 
 def test_u_updates_only_in_training_and_kernel_is_never_assigned():
@@ -143,16 +193,33 @@ def test_gradient_flows_through_sigma_to_the_kernel():
   np.testing.assert_allclose(grad.numpy(), expected, atol=1e-4)
 
 
-def test_keras_roundtrip_keeps_u_and_config(tmp_path):
-  layer = SpectralNormalization(keras.layers.Conv2D(2, 3, padding="same"), norm_bound=0.3,
-                                power_iterations=2)
+def test_keras_round_trip_keeps_the_trained_u_and_config(tmp_path):
+  conv = keras.layers.Conv2D(
+    2, 3, padding="same", activation="relu", kernel_initializer=keras.initializers.GlorotUniform(1)
+  )
   x = _x((2, 5, 5, 1))
-  layer(x, training=True)
-  again = roundtrip(layer, x, tmp_path).layers[-1]
-  assert isinstance(again, SpectralNormalization)
+  report = run_layer_test(
+    SpectralNormalization,
+    {"layer": conv, "norm_bound": 0.3, "power_iterations": 30},
+    x,
+    tmp_path=tmp_path,
+    expected_num_trainable_weights=2,
+    expected_num_non_trainable_weights=1,
+    run_mixed_precision_check=False,
+    run_training_check=False,
+    atol=1e-5,
+  )
+  layer, again = report.layer, report.loaded_layer
   assert isinstance(again.layer, keras.layers.Conv2D)
-  assert (again.norm_bound, again.power_iterations) == (0.3, 2)
-  np.testing.assert_array_equal(again.u.numpy(), layer.u.numpy())
+  assert (again.norm_bound, again.power_iterations) == (0.3, 30)
+  # The harness made one training call before saving: 30 power iterations took u to the top
+  # right singular vector of the [kh·kw·c_in, c_out] kernel matrix, and the save kept it.
+  _, s, vt = np.linalg.svd(layer.layer.kernel.numpy().reshape(-1, 2))
+  assert s[0] / s[1] > 1.5  # Premise: 30 steps shrink the error like (s1 / s0)^60.
+  u = layer.u.numpy()
+  np.testing.assert_allclose(abs(float(u @ vt[0])), 1.0, atol=1e-5)
+  np.testing.assert_array_equal(again.u.numpy(), u)
+  np.testing.assert_allclose(float(again.spectral_norm()), s[0], rtol=1e-5)
 
 
 def test_mirrored_strategy_update_matches_one_device():
@@ -163,7 +230,8 @@ def test_mirrored_strategy_update_matches_one_device():
     layer = _dense(w, np.zeros(3, "float32"), norm_bound=1.0)
   u0 = layer.u.numpy().copy()
   dist_x = strategy.experimental_distribute_values_from_function(
-      lambda ctx: x[2 * ctx.replica_id_in_sync_group:2 * ctx.replica_id_in_sync_group + 2])
+    lambda ctx: x[2 * ctx.replica_id_in_sync_group : 2 * ctx.replica_id_in_sync_group + 2]
+  )
   out = strategy.run(tf.function(lambda inputs: layer(inputs, training=True)), args=(dist_x,))
   out = np.concatenate([t.numpy() for t in strategy.experimental_local_results(out)])
   ref = _dense(w, np.zeros(3, "float32"), norm_bound=1.0)
@@ -173,12 +241,15 @@ def test_mirrored_strategy_update_matches_one_device():
   assert np.abs(layer.u.numpy() - u0).max() > 1e-4
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     ({"norm_bound": 0.0}, "norm_bound"),
     ({"norm_bound": -1.0}, "norm_bound"),
     ({"power_iterations": 0}, "power_iterations"),
     ({"power_iterations": 1.5}, "power_iterations"),
-])
+  ],
+)
 def test_invalid_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
     SpectralNormalization(keras.layers.Dense(2), **kwargs)

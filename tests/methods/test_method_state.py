@@ -6,12 +6,17 @@ import types
 import numpy as np
 import pytest
 
-from keras_unc import checkpoints
 from keras_unc.methods.heads import _Resets
+from keras_unc.runtime import checkpoints
 from tests.e2e.helpers import run_inprocess
 
-SHORT = ["train.total_steps = 4", "train.eval_every = 4", "train.checkpoint_every = 4",
-         "train.evaluators = []", "train.export_at_end = False"]
+SHORT = [
+  "train.total_steps = 4",
+  "train.eval_every = 4",
+  "train.checkpoint_every = 4",
+  "train.evaluators = []",
+  "train.export_at_end = False",
+]
 
 
 class _FakeGP:
@@ -26,8 +31,11 @@ def _reset_steps(start, stop, every):
   gp = _FakeGP()
   cb = _Resets([gp], every)
   it = types.SimpleNamespace(value=start)
-  cb.set_model(types.SimpleNamespace(
-      optimizer=types.SimpleNamespace(iterations=types.SimpleNamespace(numpy=lambda: it.value))))
+  cb.set_model(
+    types.SimpleNamespace(
+      optimizer=types.SimpleNamespace(iterations=types.SimpleNamespace(numpy=lambda: it.value))
+    )
+  )
   steps = []
   for step in range(start, stop):
     it.value = step
@@ -51,23 +59,47 @@ def test_checkpoint_of_another_method_is_refused_then_adapted(tmp_path):
   source = checkpoints.Checkpointer(str(det / "checkpoints")).path(4)
 
   # Resuming a workdir written by another method names both methods and the fix.
-  with pytest.raises(checkpoints.CheckpointMismatchError,
-                     match="written by method 'deterministic', but this run builds method "
-                           "'batchensemble'.*fresh --workdir"):
-    run_inprocess(det, "train", params=SHORT + [
-        "train.method = @BatchEnsemble()", "BatchEnsemble.ensemble_size = 2",
-        "train.total_steps = 8"])
+  with pytest.raises(
+    checkpoints.CheckpointMismatchError,
+    match="written by method 'deterministic', but this run builds method "
+    "'batchensemble'.*fresh --workdir",
+  ):
+    run_inprocess(
+      det,
+      "train",
+      params=SHORT
+      + [
+        "train.method = @BatchEnsemble()",
+        "BatchEnsemble.ensemble_size = 2",
+        "train.total_steps = 8",
+      ],
+    )
   # Warm start without the adaptation option: refused, pointing at the option.
   with pytest.raises(checkpoints.CheckpointMismatchError, match="adapt_checkpoint=True"):
-    run_inprocess(tmp_path / "be", "train", params=SHORT + [
-        "train.method = @BatchEnsemble()", "BatchEnsemble.ensemble_size = 2",
-        f"train.warm_start = '{source}'"])
+    run_inprocess(
+      tmp_path / "be",
+      "train",
+      params=SHORT
+      + [
+        "train.method = @BatchEnsemble()",
+        "BatchEnsemble.ensemble_size = 2",
+        f"train.warm_start = '{source}'",
+      ],
+    )
 
   # With adaptation the shared kernels are copied and per-member biases broadcast.
   arrays, meta = checkpoints.read(source)
-  result = run_inprocess(tmp_path / "be2", "eval", params=SHORT + [
-      "train.method = @BatchEnsemble()", "BatchEnsemble.ensemble_size = 2",
-      f"train.warm_start = '{source}'", "train.adapt_checkpoint = True"])
+  result = run_inprocess(
+    tmp_path / "be2",
+    "eval",
+    params=SHORT
+    + [
+      "train.method = @BatchEnsemble()",
+      "BatchEnsemble.ensemble_size = 2",
+      f"train.warm_start = '{source}'",
+      "train.adapt_checkpoint = True",
+    ],
+  )
   net = result["network"]
   stored = {path: arrays[f"model/{i:05d}"] for i, (path, _) in enumerate(meta["variables"])}
   dense = net.get_layer("vit").get_layer("block0_mlp_dense_1")
@@ -79,14 +111,16 @@ def test_checkpoint_of_another_method_is_refused_then_adapted(tmp_path):
 
 
 def test_batch_not_divisible_by_what_the_method_needs(tmp_path):
-  from keras_unc import config, methods  # pylint: disable=import-outside-toplevel
-  from keras_unc import train as train_lib  # pylint: disable=import-outside-toplevel
+  from keras_unc import config, methods
+  from keras_unc.training import trainer as train_lib
 
   class Paired(methods.Deterministic):
     batch_multiple = 2  # E.g. a loss that pairs examples (2k, 2k+1).
 
   config.parse(["testing/tiny.gin"], ["train.batch_size = 31"])
-  with pytest.raises(ValueError, match="Global batch size 31 is not divisible by 2 .*method "
-                                       "'deterministic'.*multiple of 2"):
+  with pytest.raises(
+    ValueError,
+    match="Global batch size 31 is not divisible by 2 .*method 'deterministic'.*multiple of 2",
+  ):
     train_lib.train(str(tmp_path), method=Paired())
   assert not (tmp_path / "checkpoints").exists()  # Refused before anything was written.

@@ -11,10 +11,11 @@ from keras_unc import methods
 from keras_unc.backbones import resnet, vit
 from keras_unc.layers.batch_ensemble import DenseBatchEnsemble, TileMembers
 from keras_unc.layers.spectral_norm import SpectralNormalization
-from keras_unc.model import build_network
+from keras_unc.training.network import build_network
 
-TINY_VIT = functools.partial(vit, "Ti/4", width=16, depth=2, mlp_dim=32, num_heads=2,
-                             pooling="gap", posemb="sincos2d")
+TINY_VIT = functools.partial(
+  vit, "Ti/4", width=16, depth=2, mlp_dim=32, num_heads=2, pooling="gap", posemb="sincos2d"
+)
 TINY_RESNET = functools.partial(resnet, 18, width=0.125, stem="cifar")
 NUM_CLASSES = 10
 
@@ -22,43 +23,60 @@ NUM_CLASSES = 10
 @pytest.fixture(autouse=True)
 def _small_heads(_clear_gin):
   # What a gin file binds for 10 classes, with small Monte Carlo and GP sizes.
-  gin.parse_config(["het_head.num_factors = 3", "het_head.train_mc_samples = 8",
-                    "het_head.test_mc_samples = 16", "gp_head.num_inducing = 64"])
+  gin.parse_config(
+    [
+      "het_head.num_factors = 3",
+      "het_head.train_mc_samples = 8",
+      "het_head.test_mc_samples = 16",
+      "gp_head.num_inducing = 64",
+    ]
+  )
 
 
 def _small(name):
   """The registered method with small, fast settings."""
   m = {
-      "deterministic": lambda: methods.Deterministic(),
-      "batchensemble": lambda: methods.BatchEnsemble(ensemble_size=3),
-      "sngp": lambda: methods.SNGP(),
-      "heteroscedastic": lambda: methods.Heteroscedastic(),
-      "hetxl": lambda: methods.HetXL(),
-      "mc_dropout": lambda: methods.MCDropout(rate=0.2, num_samples=5),
-      "shallow_ensemble": lambda: methods.ShallowEnsemble(num_heads=3),
-      "plex": lambda: methods.Plex(),
-      "hetsngp": lambda: methods.HetSNGP(),
-      "be_sngp": lambda: methods.BESNGP(),
-      "url": lambda: methods.URL(module="class_entropy", loss="cross_entropy",
-                                 unc_start_value=0.0),
+    "deterministic": lambda: methods.Deterministic(),
+    "batchensemble": lambda: methods.BatchEnsemble(ensemble_size=3),
+    "sngp": lambda: methods.SNGP(),
+    "heteroscedastic": lambda: methods.Heteroscedastic(),
+    "hetxl": lambda: methods.HetXL(),
+    "mc_dropout": lambda: methods.MCDropout(rate=0.2, num_samples=5),
+    "shallow_ensemble": lambda: methods.ShallowEnsemble(num_heads=3),
+    "plex": lambda: methods.Plex(),
+    "hetsngp": lambda: methods.HetSNGP(),
+    "be_sngp": lambda: methods.BESNGP(),
+    "url": lambda: methods.URL(module="class_entropy", loss="cross_entropy", unc_start_value=0.0),
   }
   return m[name]()
 
 
 def _members(method):
-  return {"batchensemble": 3, "mc_dropout": 5, "shallow_ensemble": 3, "plex": 4,
-          "be_sngp": 4}.get(method.name, 1)
+  return {"batchensemble": 3, "mc_dropout": 5, "shallow_ensemble": 3, "plex": 4, "be_sngp": 4}.get(
+    method.name, 1
+  )
 
 
 def _network(method, backbone=TINY_VIT):
-  return build_network(method, NUM_CLASSES, (8, 8, 1), backbone=backbone, image_size=8,
-                       num_channels=1)
+  return build_network(
+    method, NUM_CLASSES, (8, 8, 1), backbone=backbone, image_size=8, num_channels=1
+  )
 
 
 def test_every_named_method_is_registered():
   assert set(methods.METHODS) == {
-      "deterministic", "batchensemble", "sngp", "heteroscedastic", "hetxl", "mc_dropout",
-      "shallow_ensemble", "plex", "hetsngp", "be_sngp", "url"}
+    "deterministic",
+    "batchensemble",
+    "sngp",
+    "heteroscedastic",
+    "hetxl",
+    "mc_dropout",
+    "shallow_ensemble",
+    "plex",
+    "hetsngp",
+    "be_sngp",
+    "url",
+  }
 
 
 @pytest.mark.parametrize("name", sorted(methods.METHODS))
@@ -133,12 +151,15 @@ def _all_layers(model):
   return out
 
 
-@pytest.mark.parametrize("make, message", [
+@pytest.mark.parametrize(
+  "make, message",
+  [
     (lambda: methods.BatchEnsemble(ensemble_size=0), "ensemble_size must be >= 1"),
     (lambda: methods.ShallowEnsemble(num_heads=0), "num_heads must be >= 1"),
     (lambda: methods.MCDropout(num_samples=0), "num_samples must be >= 1"),
     (lambda: methods.get_method("sngpp"), "Registered methods: batchensemble, be_sngp"),
-])
+  ],
+)
 def test_bad_method_arguments(make, message):
   with pytest.raises(ValueError, match=message):
     make()
@@ -152,6 +173,7 @@ def test_spectral_norm_bound_must_be_positive():
 
 def test_num_factors_must_be_below_num_classes():
   gin.parse_config(["het_head.num_factors = 10"])
-  with pytest.raises(ValueError, match="num_factors=10 must be smaller than the number of "
-                                       "classes \\(10\\)"):
+  with pytest.raises(
+    ValueError, match="num_factors=10 must be smaller than the number of classes \\(10\\)"
+  ):
     _network(methods.Heteroscedastic())

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from keras_unc import checkpoints
+from keras_unc.runtime import checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = "testing/tiny.gin"
@@ -21,17 +21,30 @@ SAVE_DELAY_S = 0.25  # Each save pauses this long mid-write (KERAS_UNC_TEST_SAVE
 
 
 def command(workdir, params, gin_files=(TINY,)):
-  return ([sys.executable, "-m", "keras_unc.main", "--mode=train", f"--workdir={workdir}",
-           "--verbosity=0"]  # INFO: the "Resumed from" line proves each rerun resumed.
-          + [f"--gin_file={g}" for g in gin_files] + [f"--gin_param={p}" for p in params])
+  return (
+    [
+      sys.executable,
+      "-m",
+      "keras_unc.main",
+      "--mode=train",
+      f"--workdir={workdir}",
+      "--verbosity=0",
+    ]  # INFO: the "Resumed from" line proves each rerun resumed.
+    + [f"--gin_file={g}" for g in gin_files]
+    + [f"--gin_param={p}" for p in params]
+  )
 
 
 def start(workdir, params, gin_files=(TINY,), log=None):
-  env = dict(os.environ, KERAS_UNC_TEST_SAVE_DELAY=str(SAVE_DELAY_S),
-             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  out = open(log, "a") if log else subprocess.DEVNULL  # pylint: disable=consider-using-with
-  return subprocess.Popen(command(workdir, params, gin_files), cwd=REPO, env=env,
-                          stdout=out, stderr=subprocess.STDOUT)
+  env = dict(
+    os.environ,
+    KERAS_UNC_TEST_SAVE_DELAY=str(SAVE_DELAY_S),
+    PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+  )
+  out = open(log, "a") if log else subprocess.DEVNULL
+  return subprocess.Popen(
+    command(workdir, params, gin_files), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+  )
 
 
 def _names(workdir):
@@ -44,8 +57,7 @@ def complete_steps(workdir):
 
 
 def saving(workdir):
-  return any(".tmp-" in n and ".tmp-old" not in n and ".tmp-del" not in n
-             for n in _names(workdir))
+  return any(".tmp-" in n and ".tmp-old" not in n and ".tmp-del" not in n for n in _names(workdir))
 
 
 def audit(workdir):
@@ -56,7 +68,7 @@ def audit(workdir):
     try:
       checkpoints.read(path)
       ok += 1
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       bad.append(f"{path}: {type(e).__name__}: {e}")
   return ok, bad
 
@@ -79,12 +91,16 @@ def kill_once(proc, workdir, kind, rng, max_delay=1.0, timeout=300):
     if progressed_at is None and set(complete_steps(workdir)) - begin:
       progressed_at = time.time()
     if progressed_at is not None and (
-        saving(workdir) if kind == "save" else time.time() - progressed_at >= delay):
+      saving(workdir) if kind == "save" else time.time() - progressed_at >= delay
+    ):
       os.kill(proc.pid, signal.SIGKILL)
       proc.wait()
       newest = max(complete_steps(workdir), default=0)
-      return (f"during a save (newest complete: step {newest})" if kind == "save" else
-              f"{delay:.2f} s after progress (newest complete: step {newest})")
+      return (
+        f"during a save (newest complete: step {newest})"
+        if kind == "save"
+        else f"{delay:.2f} s after progress (newest complete: step {newest})"
+      )
     time.sleep(0.002)
   proc.kill()
   raise TimeoutError(f"no progress in {workdir} within {timeout} s")
@@ -115,8 +131,13 @@ def run_with_kills(workdir, params, kinds, gin_files=(TINY,), seed=0, log=None, 
   unreadable += bad
   with open(log) as f:
     resumed = f.read().count("Resumed from")
-  return {"kills": kills, "resumed": resumed, "unreadable": unreadable, "events": events,
-          "log": log}
+  return {
+    "kills": kills,
+    "resumed": resumed,
+    "unreadable": unreadable,
+    "events": events,
+    "log": log,
+  }
 
 
 def final_model(workdir):
@@ -126,5 +147,6 @@ def final_model(workdir):
 
 def max_abs_diff(a, b):
   assert a.keys() == b.keys(), "different variables"
-  return max((float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) if a[k].size else 0.0)
-             for k in a)
+  return max(
+    (float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) if a[k].size else 0.0) for k in a
+  )

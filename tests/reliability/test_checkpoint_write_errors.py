@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_unc import checkpoints
+from keras_unc.runtime import checkpoints
 
 
 def _model_and_opt():
@@ -60,8 +60,10 @@ def test_unwritable_checkpoint_folder(saved_once, monkeypatch):
   if os.geteuid() != 0:  # A real permission error.
     os.chmod(ckpt.directory, stat.S_IRUSR | stat.S_IXUSR)
   else:  # root ignores mode bits: make the folder creation fail as it would.
+
     def no_permission(path, *args, **kwargs):
       raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
     monkeypatch.setattr(os, "makedirs", no_permission)
   try:
     with pytest.raises(checkpoints.CheckpointWriteError) as e:
@@ -86,8 +88,9 @@ def test_kill_while_replacing_same_step_keeps_a_copy(saved_once):
 
 def test_trainer_disk_full_keeps_last_checkpoint(tmp_path, monkeypatch):
   """Through `train()`: the save at step 20 fails; step 10 stays the newest valid one."""
-  from tests.e2e.helpers import run_inprocess  # pylint: disable=import-outside-toplevel
-  real_write = checkpoints.Checkpointer._write  # pylint: disable=protected-access
+  from tests.e2e.helpers import run_inprocess
+
+  real_write = checkpoints.Checkpointer._write
 
   def write(self, tmp, step, *args):
     if step == 20:

@@ -13,9 +13,16 @@ from tests.reliability import harness
 
 COMMON = ["train.total_steps=80", "train.checkpoint_every=10", "train.eval_every=80"]
 METHODS = {
-    "be_sngp": ("methods/be_sngp.gin", ["ensemble.ensemble_size=2", "gp_head.num_inducing=32",
-                                        "gp_head.reset_every=25", "vit.dropout=0.1"]),
-    "mc_dropout": ("methods/mc_dropout.gin", ["MCDropout.num_samples=2", "MCDropout.rate=0.3"]),
+  "be_sngp": (
+    "methods/be_sngp.gin",
+    [
+      "ensemble.ensemble_size=2",
+      "gp_head.num_inducing=32",
+      "gp_head.reset_every=25",
+      "vit.dropout=0.1",
+    ],
+  ),
+  "mc_dropout": ("methods/mc_dropout.gin", ["MCDropout.num_samples=2", "MCDropout.rate=0.3"]),
 }
 
 
@@ -25,8 +32,14 @@ def test_sigkill_anywhere_resumes_bit_identical(method, tmp_path):
   gin_files, params = (harness.TINY, gin_file), COMMON + extra
   # The uninterrupted reference runs alongside the killed run (2 processes).
   reference = harness.start(tmp_path / "reference", params, gin_files)
-  result = harness.run_with_kills(tmp_path / "killed", params, ["save", "step"], gin_files,
-                                  seed=sorted(METHODS).index(method), max_delay=0.5)
+  result = harness.run_with_kills(
+    tmp_path / "killed",
+    params,
+    ["save", "step"],
+    gin_files,
+    seed=sorted(METHODS).index(method),
+    max_delay=0.5,
+  )
   assert reference.wait(timeout=600) == 0
   assert result["kills"] == 2, result["events"]
   assert result["resumed"] == 2, f"a rerun did not resume; see {result['log']}"

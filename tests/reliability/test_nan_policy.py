@@ -14,12 +14,18 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 
-from keras_unc import callbacks as cbs
-from keras_unc import checkpoints, config
-from keras_unc import train as train_lib
+from keras_unc import config
 from keras_unc.data import get_source
 from keras_unc.methods import Deterministic
-from keras_unc.model import NONFINITE_GRADS, NONFINITE_LOSS, NONFINITE_PARAMS, TrainModel
+from keras_unc.runtime import checkpoints
+from keras_unc.training import callbacks as cbs
+from keras_unc.training import trainer as train_lib
+from keras_unc.training.train_model import (
+  NONFINITE_GRADS,
+  NONFINITE_LOSS,
+  NONFINITE_PARAMS,
+  TrainModel,
+)
 from tests.e2e.helpers import REPO
 
 BATCH, BAD = 32, 3  # The 4th batch (step 4) is the poisoned one.
@@ -50,6 +56,7 @@ class _PoisonGradLoss(Deterministic):
     def poison(x):
       def grad(dy):
         return tf.where(tf.cast(flag, tf.bool), tf.fill(tf.shape(dy), np.nan), dy)
+
       return tf.identity(x), grad
 
     return poison(super().loss(labels, outputs))
@@ -71,7 +78,7 @@ def _model(policy, method=None, jit_compile=True):
 
 def _batches(n=6, nan_batch=None, value=np.nan):
   x, y = get_source("digits").arrays("train")
-  x, y = x[:n * BATCH].astype("float32"), y[:n * BATCH]
+  x, y = x[: n * BATCH].astype("float32"), y[: n * BATCH]
   if nan_batch is not None:
     x[nan_batch * BATCH + 5, 3, 4, 0] = value
   return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
@@ -86,8 +93,10 @@ class _Recorder(keras.callbacks.Callback):
 
   def on_train_batch_end(self, batch, logs=None):
     opt = self.model.optimizer
-    self.states.append([v.numpy().copy() for v in self.model.network.variables]
-                       + [v.numpy().copy() for v in opt.variables if v is not opt.iterations])
+    self.states.append(
+      [v.numpy().copy() for v in self.model.network.variables]
+      + [v.numpy().copy() for v in opt.variables if v is not opt.iterations]
+    )
     if self.on_batch:
       self.on_batch(self.model, batch)
 
@@ -97,8 +106,14 @@ def _fit(model, data, *extra):
   rec = _Recorder()
   # A repeated dataset and a step count, as in the trainer: a mirrored run that hits the
   # end of its data can leave a collective pending on one replica for the next test.
-  model.fit(data.repeat(), epochs=1, steps_per_epoch=6, verbose=0,
-            callbacks=[guard, rec, *extra], shuffle=False)
+  model.fit(
+    data.repeat(),
+    epochs=1,
+    steps_per_epoch=6,
+    verbose=0,
+    callbacks=[guard, rec, *extra],
+    shuffle=False,
+  )
   return guard, rec
 
 
@@ -128,7 +143,8 @@ def test_nonfinite_gradients_with_finite_loss(policy):
   flag = tf.Variable(0, dtype=tf.int32)
   model = _model(policy, _PoisonGradLoss(flag))
   arm = keras.callbacks.LambdaCallback(
-      on_train_batch_end=lambda batch, logs: flag.assign(int(batch + 1 == BAD)))
+    on_train_batch_end=lambda batch, logs: flag.assign(int(batch + 1 == BAD))
+  )
   guard, rec = _fit(model, _batches(), arm)
   if policy == "stop":
     assert guard.bad_step == BAD + 1
@@ -140,10 +156,12 @@ def test_nonfinite_gradients_with_finite_loss(policy):
 
 def test_nonfinite_parameters_stop_even_when_skipping():
   """`skip_batch` cannot skip past broken weights (the stop policy: trainer test below)."""
+
   def poison(model, batch):
     if batch + 1 == BAD:
       kernel = model.network.trainable_variables[0]
       kernel.assign(tf.tensor_scatter_nd_update(kernel, [[0] * len(kernel.shape)], [np.nan]))
+
   model = _model("skip_batch")
   guard, _ = _fit(model, _batches(), _Recorder(poison))
   assert guard.bad_step == BAD + 1 and guard.bad_what & NONFINITE_PARAMS
@@ -151,6 +169,7 @@ def test_nonfinite_parameters_stop_even_when_skipping():
 
 def test_trainer_stops_keeps_last_good_checkpoint(tmp_path):
   """Through `train()` with XLA: NaN parameters at step 15; ckpt-10 stays, finite."""
+
   class Poison(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
       if int(self.model.optimizer.iterations.numpy()) == 15:
@@ -159,12 +178,16 @@ def test_trainer_stops_keeps_last_good_checkpoint(tmp_path):
 
   hook = Poison()
   gin.clear_config()
-  config.parse(["testing/tiny.gin"], ["train.deterministic_ops=False", "train.jit_compile=True",
-                                      "train.total_steps=30"], finalize=False)
+  config.parse(
+    ["testing/tiny.gin"],
+    ["train.deterministic_ops=False", "train.jit_compile=True", "train.total_steps=30"],
+    finalize=False,
+  )
   gin.bind_parameter("train.callbacks", [hook])
   assert not tf_config.is_op_determinism_enabled()  # So Keras keeps jit_compile=True.
-  with pytest.raises(cbs.NonFiniteLossError,
-                     match=r"Non-finite training .*parameters.* at step 16.*ckpt-000000010"):
+  with pytest.raises(
+    cbs.NonFiniteLossError, match=r"Non-finite training .*parameters.* at step 16.*ckpt-000000010"
+  ):
     train_lib.train(str(tmp_path), "train")
   ckpt = checkpoints.Checkpointer(os.path.join(tmp_path, "checkpoints"))
   assert ckpt.steps() == [10]
@@ -174,7 +197,7 @@ def test_trainer_stops_keeps_last_good_checkpoint(tmp_path):
 
 _MIRRORED = """
 import json, sys
-from keras_unc import distribute
+from keras_unc.runtime import distribute
 distribute.configure_cpu_devices(2)
 import tensorflow as tf
 from tests.reliability import test_nan_policy as t
@@ -197,9 +220,14 @@ def test_mirrored_strategy(policy):
   """Two replicas: the decision is shared (one replica's NaN skips or stops both). Run in a
   fresh process (MirroredStrategy collectives of one test must not meet another's), and
   without XLA: Keras cannot XLA-compile a mirrored step over logical CPU devices."""
-  out = subprocess.run([sys.executable, "-c", "import numpy as np\n" + _MIRRORED, policy],
-                       cwd=REPO, capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, PYTHONPATH=REPO))
+  out = subprocess.run(
+    [sys.executable, "-c", "import numpy as np\n" + _MIRRORED, policy],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, PYTHONPATH=REPO),
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   got = json.loads(out.stdout.strip().splitlines()[-1])
   if policy == "stop":  # (relu may turn the NaN input into 0: a finite loss, NaN grads.)

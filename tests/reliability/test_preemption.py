@@ -12,12 +12,17 @@ import keras
 import numpy as np
 import pytest
 
-from keras_unc import checkpoints, config, preemption
-from keras_unc import train as train_lib
+from keras_unc import config
+from keras_unc.runtime import checkpoints, preemption
+from keras_unc.training import trainer as train_lib
 from tests.reliability import harness
 
-PARAMS = ["train.total_steps=20", "train.checkpoint_every=10", "train.eval_every=20",
-          "vit.dropout=0.1"]
+PARAMS = [
+  "train.total_steps=20",
+  "train.checkpoint_every=10",
+  "train.eval_every=20",
+  "vit.dropout=0.1",
+]
 
 
 class _SigtermAt(keras.callbacks.Callback):
@@ -44,9 +49,11 @@ def _model_arrays(workdir):
 def test_sigterm_saves_and_rerun_equals_uninterrupted(tmp_path):
   _train(tmp_path / "reference")
   handler = signal.getsignal(signal.SIGTERM)
-  with pytest.raises(preemption.TrainingPreempted,
-                     match=r"Preempted \(SIGTERM\) at step 7; checkpoint saved to .*"
-                           r"ckpt-000000007\. Rerun the same command to resume"):
+  with pytest.raises(
+    preemption.TrainingPreempted,
+    match=r"Preempted \(SIGTERM\) at step 7; checkpoint saved to .*"
+    r"ckpt-000000007\. Rerun the same command to resume",
+  ):
     _train(tmp_path / "run", [_SigtermAt(6)])
   assert signal.getsignal(signal.SIGTERM) is handler  # Handler restored after fit.
   ckpt = checkpoints.Checkpointer(str(tmp_path / "run" / "checkpoints"))
@@ -69,8 +76,11 @@ def test_cli_sigterm_exit_code_and_message(tmp_path):
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == preemption.EXIT_CODE == 143
   text = open(log).read()
-  m = re.search(r"PREEMPTED: Preempted \(SIGTERM\) at step (\d+); checkpoint saved to (\S+)\. "
-                r"Rerun the same command to resume", text)
+  m = re.search(
+    r"PREEMPTED: Preempted \(SIGTERM\) at step (\d+); checkpoint saved to (\S+)\. "
+    r"Rerun the same command to resume",
+    text,
+  )
   assert m, text[-2000:]
   step, path = int(m.group(1)), m.group(2)
   assert step < 400 and step in harness.complete_steps(tmp_path / "run")

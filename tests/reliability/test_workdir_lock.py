@@ -10,17 +10,20 @@ import types
 
 import pytest
 
-from keras_unc import workdir_lock
+from keras_unc.runtime import workdir_lock
 from tests.e2e.helpers import REPO
 
-_HOLD = ("import sys, time; from keras_unc import workdir_lock; "
-         "workdir_lock.acquire(sys.argv[1]); print('locked', flush=True); time.sleep(60)")
+_HOLD = (
+  "import sys, time; from keras_unc.runtime import workdir_lock; "
+  "workdir_lock.acquire(sys.argv[1]); print('locked', flush=True); time.sleep(60)"
+)
 
 
 def _holder(workdir):
   """A live process holding `workdir`'s lock (TF-free: starts in well under a second)."""
-  proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(workdir)], cwd=REPO,
-                          stdout=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, "-c", _HOLD, str(workdir)], cwd=REPO, stdout=subprocess.PIPE, text=True
+  )
   assert proc.stdout.readline().strip() == "locked"
   return proc
 
@@ -47,7 +50,7 @@ def test_stale_lock_of_a_killed_run_does_not_block(tmp_path):
   assert str(os.getpid()) in (tmp_path / ".lock").read_text()
   lock.release()
   assert workdir_lock.acquire(str(tmp_path)) is not lock  # Released: a fresh acquire works.
-  workdir_lock._HELD.clear()  # pylint: disable=protected-access
+  workdir_lock._HELD.clear()
 
 
 def test_reacquire_in_same_process_returns_held_lock(tmp_path):
@@ -58,14 +61,13 @@ def test_reacquire_in_same_process_returns_held_lock(tmp_path):
 
 def _multi_worker(task_type, task_id, cluster):
   spec = types.SimpleNamespace(as_dict=lambda: cluster)
-  resolver = types.SimpleNamespace(task_type=task_type, task_id=task_id,
-                                   cluster_spec=lambda: spec)
+  resolver = types.SimpleNamespace(task_type=task_type, task_id=task_id, cluster_spec=lambda: spec)
   return types.SimpleNamespace(cluster_resolver=resolver)
 
 
 def test_multi_worker_tasks_lock_their_own_file():
   workers = {"worker": ["a:1", "b:2"]}
-  name = workdir_lock._lock_name  # pylint: disable=protected-access
+  name = workdir_lock._lock_name
   assert name(None) == ".lock"
   assert name(_multi_worker("worker", 0, workers)) == ".lock"  # The chief collides with
   assert name(_multi_worker("worker", 1, workers)) == ".lock.worker-1"  # another job's.

@@ -21,8 +21,12 @@ def free_ports(n):
 
 
 def tf_config(ports, index):
-  return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                     "task": {"type": "worker", "index": index}})
+  return json.dumps(
+    {
+      "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+      "task": {"type": "worker", "index": index},
+    }
+  )
 
 
 class Job:
@@ -33,13 +37,16 @@ class Job:
     self.logs = [os.path.join(log_dir, f"worker{i}.log") for i in range(num_workers)]
     self.procs = []
     for i in range(num_workers):
-      env = dict(os.environ, TF_CONFIG=tf_config(ports, i), TF_CPP_MIN_LOG_LEVEL="2",
-                 CUDA_VISIBLE_DEVICES="")
-      args = main_command(workdir, "--strategy=multi_worker",
-                          *[f"--gin_param={p}" for p in params], *extra_args)
+      env = dict(
+        os.environ, TF_CONFIG=tf_config(ports, i), TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""
+      )
+      args = main_command(
+        workdir, "--strategy=multi_worker", *[f"--gin_param={p}" for p in params], *extra_args
+      )
       with open(self.logs[i], "a") as log:
-        self.procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=log,
-                                           stderr=subprocess.STDOUT))
+        self.procs.append(
+          subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        )
 
   def wait(self, timeout):
     """Waits for every worker; returns their exit codes (None: still running)."""

@@ -15,15 +15,20 @@ import time
 
 import pytest
 
-from keras_unc import preemption
+from keras_unc.runtime import preemption
 from tests.e2e.helpers import final_model_arrays, max_abs_diff, run_inprocess
 from tests.scale.multi_worker import Job
 
 STEPS = 40
 # One evaluation at the end: Keras' predict under MultiWorkerMirroredStrategy too.
-PARAMS = [f"train.total_steps={STEPS}", "train.checkpoint_every=5", f"train.eval_every={STEPS}",
-          "train.evaluators=[@ClassificationEvaluator()]", "train.export_at_end=False",
-          "train.keep_checkpoints=20"]
+PARAMS = [
+  f"train.total_steps={STEPS}",
+  "train.checkpoint_every=5",
+  f"train.eval_every={STEPS}",
+  "train.evaluators=[@ClassificationEvaluator()]",
+  "train.export_at_end=False",
+  "train.keep_checkpoints=20",
+]
 # Two workers' gradients are summed by a collective instead of within one batch: equal
 # up to float rounding, not bit-identical.
 TOLERANCE = 1e-5
@@ -106,8 +111,7 @@ def test_killed_and_preempted_jobs_resume(tmp_path, reference):
   job.kill_all()
   assert f"Resumed from {ckpts / killed_at}" in job.output(0)
   assert codes == [preemption.EXIT_CODE] * 2, (job.output(0), job.output(1))
-  saved = [re.findall(r"checkpoint of step (\d+) saved to (\S+)\.", job.output(i))
-           for i in (0, 1)]
+  saved = [re.findall(r"checkpoint of step (\d+) saved to (\S+)\.", job.output(i)) for i in (0, 1)]
   (step0, path0), (step1, path1) = saved[0][-1], saved[1][-1]
   assert step0 == step1 and int(step0) < STEPS  # The same step on every worker...
   assert path0 == str(ckpts / f"ckpt-{int(step0):09d}")  # ... in the workdir on the chief,

@@ -9,7 +9,8 @@ import gin
 import pytest
 import tensorflow as tf
 
-from keras_unc import config, distribute, preemption
+from keras_unc import config
+from keras_unc.runtime import distribute, preemption
 from tests.e2e.helpers import REPO, main_command
 
 
@@ -32,17 +33,33 @@ def test_tpu_selected_from_gin_fails_with_the_fix():
 
 def test_main_flags_select_tpu(tmp_path):
   """`--strategy=tpu --tpu=local` reach get_strategy; nothing is written without a TPU."""
-  proc = subprocess.run(main_command(tmp_path / "w", "--strategy=tpu", "--tpu=local"), cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    main_command(tmp_path / "w", "--strategy=tpu", "--tpu=local"),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode != 0
   assert "No TPU found (tpu='local')" in proc.stderr
   assert not (tmp_path / "w" / "checkpoints").exists()
 
 
 def test_bucket_workdir_is_refused_with_the_fix(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "keras_unc.main", "--workdir=gs://bucket/run",
-                         "--gin_file=testing/tiny.gin"], cwd=tmp_path, capture_output=True,
-                        text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "keras_unc.main",
+      "--workdir=gs://bucket/run",
+      "--gin_file=testing/tiny.gin",
+    ],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=dict(os.environ, PYTHONPATH=REPO),
+  )
   assert proc.returncode == 2
   assert "is not a local folder" in proc.stderr and "launch/tpu_vm.sh" in proc.stderr
   assert not (tmp_path / "gs:").exists()  # os.makedirs would have made a local "gs:" folder.
@@ -56,8 +73,9 @@ def test_unknown_strategy_names_the_choices():
 def _worker(task_type, task_id, chief):
   """A stand-in for a MultiWorkerMirroredStrategy seen from one task."""
   return types.SimpleNamespace(
-      cluster_resolver=types.SimpleNamespace(task_type=task_type, task_id=task_id),
-      extended=types.SimpleNamespace(should_checkpoint=chief))
+    cluster_resolver=types.SimpleNamespace(task_type=task_type, task_id=task_id),
+    extended=types.SimpleNamespace(should_checkpoint=chief),
+  )
 
 
 def test_single_process_strategies_are_chief_and_write_the_workdir(tmp_path):

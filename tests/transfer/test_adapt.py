@@ -5,15 +5,26 @@ import keras
 import numpy as np
 import pytest
 
-from keras_unc import checkpoints, config
+from keras_unc import config
 from keras_unc.methods import get_method
-from keras_unc.model import build_network
+from keras_unc.runtime import checkpoints
+from keras_unc.training.network import build_network
 
-SMALL = ["BatchEnsemble.ensemble_size = 2", "ensemble.ensemble_size = 2",
-         "ensemble.blocks = (0,)", "het_head.num_factors = 2", "het_head.train_mc_samples = 4",
-         "het_head.test_mc_samples = 4", "gp_head.num_inducing = 8"]
-RESNET = ["build_network.backbone = @resnet", "resnet.depth = 18", "resnet.width = 0.0625",
-          "resnet.stem = 'cifar'"]
+SMALL = [
+  "BatchEnsemble.ensemble_size = 2",
+  "ensemble.ensemble_size = 2",
+  "ensemble.blocks = (0,)",
+  "het_head.num_factors = 2",
+  "het_head.train_mc_samples = 4",
+  "het_head.test_mc_samples = 4",
+  "gp_head.num_inducing = 8",
+]
+RESNET = [
+  "build_network.backbone = @resnet",
+  "resnet.depth = 18",
+  "resnet.width = 0.0625",
+  "resnet.stem = 'cifar'",
+]
 
 
 def _network(method, params=(), num_classes=10, seed=0):
@@ -53,12 +64,19 @@ def _adapt(tmp_path, method, params=(), num_classes=10):
 
 # method -> (substrings of the paths that must stay fresh, checkpoint paths left unused)
 CASES = {
-    "batchensemble": (("/alpha", "/gamma"), ()),
-    "sngp": (("_sn/u", "gp/"), ("head/kernel", "head/bias")),
-    "heteroscedastic": (("het/",), ("head/kernel", "head/bias")),
-    "plex": (("block0_mlp_dense_1/alpha", "block0_mlp_dense_1/gamma",
-              "block0_mlp_dense_2/alpha", "block0_mlp_dense_2/gamma", "het/"),
-             ("head/kernel", "head/bias")),
+  "batchensemble": (("/alpha", "/gamma"), ()),
+  "sngp": (("_sn/u", "gp/"), ("head/kernel", "head/bias")),
+  "heteroscedastic": (("het/",), ("head/kernel", "head/bias")),
+  "plex": (
+    (
+      "block0_mlp_dense_1/alpha",
+      "block0_mlp_dense_1/gamma",
+      "block0_mlp_dense_2/alpha",
+      "block0_mlp_dense_2/gamma",
+      "het/",
+    ),
+    ("head/kernel", "head/bias"),
+  ),
 }
 
 
@@ -108,8 +126,7 @@ def test_spectral_norm_wrapped_resnet_convs_map(tmp_path):
   # ...and only the power-iteration vectors and the GP are fresh.
   assert report.fresh and all(p.endswith("/u") or p.startswith("gp/") for p in report.fresh)
   for p in report.fresh:
-    np.testing.assert_array_equal(
-        [v for v in net.variables if v.path == p][0].numpy(), before[p])
+    np.testing.assert_array_equal([v for v in net.variables if v.path == p][0].numpy(), before[p])
 
 
 def test_head_shape_mismatch_is_reported(tmp_path):

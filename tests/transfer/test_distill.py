@@ -7,17 +7,23 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_unc import checkpoints, config, export
-from keras_unc import train as train_lib
+from keras_unc import config
 from keras_unc.data import get_source
 from keras_unc.evaluators import SavedModelNetwork
 from keras_unc.methods import Deterministic
-from keras_unc.model import build_network
+from keras_unc.runtime import checkpoints
+from keras_unc.training import export
+from keras_unc.training import trainer as train_lib
+from keras_unc.training.network import build_network
 from keras_unc.transfer.distill import Distill, distillation_kl
 from tests.transfer.protocol_helpers import cat_params, member_checkpoint
 
-SHORT = ["train.evaluators = []", "train.export_at_end = False", "train.eval_every = None",
-         "train.checkpoint_every = None"]
+SHORT = [
+  "train.evaluators = []",
+  "train.export_at_end = False",
+  "train.eval_every = None",
+  "train.checkpoint_every = None",
+]
 
 
 def _softmax(z):
@@ -67,24 +73,34 @@ def _run(workdir, method, params=()):
 
 def test_student_learns_the_cat_teacher_and_exports_alone(teacher, tmp_path):
   path, _ = teacher
-  result = _run(tmp_path / "distill", Distill(Deterministic(), path, temperature=2.0),
-                ["train.total_steps = 30", "make_optimizer.learning_rate = 1e-2"])
+  result = _run(
+    tmp_path / "distill",
+    Distill(Deterministic(), path, temperature=2.0),
+    ["train.total_steps = 30", "make_optimizer.learning_rate = 1e-2"],
+  )
   student = result["network"]
   gin.clear_config()
   config.parse(["testing/tiny.gin"], [], finalize=False)
   fresh = build_network(Deterministic(), 10, (8, 8, 1))  # Zero head: uniform predictions.
   assert _kl_to_teacher(student, path, 2.0) < 0.5 * _kl_to_teacher(fresh, path, 2.0)
   # The checkpoint holds the student alone, under the student's method name.
-  _, arrays, meta = checkpoints.Checkpointer(str(tmp_path / "distill" / "checkpoints")
-                                             ).load_latest()
+  _, arrays, meta = checkpoints.Checkpointer(
+    str(tmp_path / "distill" / "checkpoints")
+  ).load_latest()
   assert meta["method"] == "deterministic"
   assert [v for v, _ in meta["variables"]] == [v.path for v in fresh.variables]
 
 
 def test_checkpoint_teacher_with_embedding_regression(teacher, tmp_path):
   _, paths = teacher
-  method = Distill(Deterministic(), paths[0], kl_weight=1.0, label_weight=0.5,
-                   embedding_weight=1.0, projection_dim=16)
+  method = Distill(
+    Deterministic(),
+    paths[0],
+    kl_weight=1.0,
+    label_weight=0.5,
+    embedding_weight=1.0,
+    projection_dim=16,
+  )
   result = _run(tmp_path / "distill_ckpt", method, ["train.total_steps = 2"])
   arrays, meta = checkpoints.read(paths[0])
   for var, (stored_path, _) in zip(method.teacher.variables, meta["variables"]):
@@ -99,13 +115,19 @@ def test_checkpoint_teacher_with_embedding_regression(teacher, tmp_path):
 def test_embedding_width_mismatch_is_explained(teacher, tmp_path):
   path, _ = teacher
   with pytest.raises(ValueError, match="set Distill.projection_dim = 32"):
-    _run(tmp_path / "bad", Distill(Deterministic(), path, kl_weight=0.0,
-                                   embedding_weight=1.0), ["train.total_steps = 1"])
+    _run(
+      tmp_path / "bad",
+      Distill(Deterministic(), path, kl_weight=0.0, embedding_weight=1.0),
+      ["train.total_steps = 1"],
+    )
   with pytest.raises(ValueError, match="temperature must be > 0"):
     Distill(Deterministic(), path, temperature=0.0)
   with pytest.raises(FileNotFoundError, match="No keras_unc checkpoint"):
-    _run(tmp_path / "missing", Distill(Deterministic(), str(tmp_path / "nothing")),
-         ["train.total_steps = 1"])
+    _run(
+      tmp_path / "missing",
+      Distill(Deterministic(), str(tmp_path / "nothing")),
+      ["train.total_steps = 1"],
+    )
 
 
 def test_cat_teacher_built_from_member_checkpoints(teacher, tmp_path):
@@ -113,13 +135,14 @@ def test_cat_teacher_built_from_member_checkpoints(teacher, tmp_path):
   path, paths = teacher
   members = ", ".join(f"@member{i}/vit" for i in range(len(paths)))
   method_params = [
-      "teacher/build_network.backbone = @cat_backbone",
-      f"teacher/cat_backbone.members = [{members}]",
-      f"teacher/cat_backbone.checkpoints = {list(map(str, paths))}",
-      "teacher/Deterministic.head_init = @member_head_kernel()",
-      "teacher/Deterministic.head_bias_init = @member_head_bias()",
-      f"member_head_kernel.checkpoints = {list(map(str, paths))}",
-      f"member_head_bias.checkpoints = {list(map(str, paths))}"]
+    "teacher/build_network.backbone = @cat_backbone",
+    f"teacher/cat_backbone.members = [{members}]",
+    f"teacher/cat_backbone.checkpoints = {list(map(str, paths))}",
+    "teacher/Deterministic.head_init = @member_head_kernel()",
+    "teacher/Deterministic.head_bias_init = @member_head_bias()",
+    f"member_head_kernel.checkpoints = {list(map(str, paths))}",
+    f"member_head_bias.checkpoints = {list(map(str, paths))}",
+  ]
   gin.clear_config()
   config.parse(["testing/tiny.gin"], SHORT + method_params + ["train.total_steps = 2"])
   method = Distill(Deterministic(), None, temperature=2.0)

@@ -6,15 +6,21 @@ import json
 import numpy as np
 import pytest
 
-from keras_unc import checkpoints, metrics
+from keras_unc import metrics
+from keras_unc.backbones.pretrained.npz_import import export_npz
 from keras_unc.data import get_source
-from keras_unc.transfer.npz_import import export_npz
+from keras_unc.runtime import checkpoints
 from tests.e2e.helpers import run_inprocess
 
-FEWSHOT = ["train.total_steps = 20", "train.eval_every = 10", "train.export_at_end = False",
-           "train.evaluators = [@ClassificationEvaluator(), @FewShotEvaluator()]",
-           "FewShotEvaluator.datasets = {'digits': ('digits', 'train[:600]', 'test')}",
-           "FewShotEvaluator.shots = (1, 5)", "FewShotEvaluator.seeds = (0,)"]
+FEWSHOT = [
+  "train.total_steps = 20",
+  "train.eval_every = 10",
+  "train.export_at_end = False",
+  "train.evaluators = [@ClassificationEvaluator(), @FewShotEvaluator()]",
+  "FewShotEvaluator.datasets = {'digits': ('digits', 'train[:600]', 'test')}",
+  "FewShotEvaluator.shots = (1, 5)",
+  "FewShotEvaluator.seeds = (0,)",
+]
 
 
 def _records(workdir):
@@ -52,8 +58,7 @@ def test_fewshot_runs_every_eval_every_steps(pretrained):
   images, labels = get_source("digits").arrays("train[:600]")
   test_images, test_labels = get_source("digits").arrays("test")
   train_emb = np.asarray(net.predict(images.astype("float32"), verbose=0)["embedding"], float)
-  test_emb = np.asarray(net.predict(test_images.astype("float32"), verbose=0)["embedding"],
-                        float)
+  test_emb = np.asarray(net.predict(test_images.astype("float32"), verbose=0)["embedding"], float)
   idx = metrics.select_shots(labels, 5, 0, 10)
   want = _ridge_accuracy(train_emb[idx], labels[idx], test_emb, test_labels)
   assert records[-1]["fewshot/digits_5shot"] == pytest.approx(want, abs=1e-6)
@@ -62,8 +67,9 @@ def test_fewshot_runs_every_eval_every_steps(pretrained):
 def test_only_eval_of_a_warm_start_checkpoint(pretrained, tmp_path):
   workdir, _ = pretrained
   ckpt = checkpoints.Checkpointer(str(workdir / "checkpoints"))
-  result = run_inprocess(tmp_path / "eval", "eval", FEWSHOT + [
-      f"train.warm_start = '{ckpt.path(ckpt.steps()[0])}'"])
+  result = run_inprocess(
+    tmp_path / "eval", "eval", FEWSHOT + [f"train.warm_start = '{ckpt.path(ckpt.steps()[0])}'"]
+  )
   assert result["step"] == 0
   assert not checkpoints.Checkpointer(str(tmp_path / "eval" / "checkpoints")).steps()
   got, want = _records(tmp_path / "eval")[-1], _records(workdir)[-1]
@@ -76,8 +82,10 @@ def test_only_eval_of_an_imported_npz(pretrained, tmp_path):
   path = str(tmp_path / "vit.npz")
   export_npz(result["network"], path, format="big_vision", head=True)
   params = [p for p in FEWSHOT if "FewShot" not in p] + [
-      "train.evaluators = [@ClassificationEvaluator()]",
-      f"import_weights.path = '{path}'", "import_weights.keep_head = True"]
+    "train.evaluators = [@ClassificationEvaluator()]",
+    f"import_weights.path = '{path}'",
+    "import_weights.keep_head = True",
+  ]
   evaluated = run_inprocess(tmp_path / "eval_npz", "eval", params)
   assert evaluated["step"] == 0
   got, want = _records(tmp_path / "eval_npz")[-1], _records(workdir)[-1]

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from keras_unc.transfer import npz_import
-from keras_unc.transfer.init_from import import_weights
+from keras_unc.backbones.pretrained import npz_import
+from keras_unc.backbones.pretrained.init_from import import_weights
 from tests.e2e.helpers import run_inprocess
 
 BASE = ["train.total_steps=0", "train.evaluators=[]", "train.export_at_end=False"]

@@ -1,4 +1,4 @@
-"""Tests of `keras_unc.transfer.keras_hub_import`: keras-hub presets saved on disk (offline)."""
+"""Tests of `keras_unc.backbones.pretrained.keras_hub_import`: keras-hub presets saved on disk (offline)."""
 
 import functools
 
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from keras_unc.backbones import resnet, vit
+from keras_unc.backbones.pretrained.init_from import import_weights
+from keras_unc.backbones.pretrained.keras_hub_import import KerasHubImportError, import_keras_hub
 from keras_unc.methods import Deterministic, heads, modifiers
 from keras_unc.methods.base import Method
-from keras_unc.model import build_network
-from keras_unc.transfer.init_from import import_weights
-from keras_unc.transfer.keras_hub_import import KerasHubImportError, import_keras_hub
+from keras_unc.training.network import build_network
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -38,8 +38,15 @@ def _images(size, batch=2, seed=1):
 
 def _hub_vit(tmp_path, use_class_token=True, **kwargs):
   hub = keras_hub.models.ViTBackbone(
-      image_shape=(16, 16, 3), patch_size=4, num_layers=DEPTH, num_heads=HEADS,
-      hidden_dim=D, mlp_dim=MLP, use_class_token=use_class_token, **kwargs)
+    image_shape=(16, 16, 3),
+    patch_size=4,
+    num_layers=DEPTH,
+    num_heads=HEADS,
+    hidden_dim=D,
+    mlp_dim=MLP,
+    use_class_token=use_class_token,
+    **kwargs,
+  )
   _randomise(hub)
   preset = str(tmp_path / "vit_preset")
   hub.save_to_preset(preset)
@@ -47,8 +54,9 @@ def _hub_vit(tmp_path, use_class_token=True, **kwargs):
 
 
 def _our_vit(image_size=16, **kwargs):
-  return vit("Ti/4", image_size=image_size, width=D, depth=DEPTH, mlp_dim=MLP, num_heads=HEADS,
-             **kwargs)
+  return vit(
+    "Ti/4", image_size=image_size, width=D, depth=DEPTH, mlp_dim=MLP, num_heads=HEADS, **kwargs
+  )
 
 
 @pytest.mark.parametrize("token", [True, False])
@@ -66,14 +74,16 @@ def test_vit_preset_gives_keras_hub_features(token, tmp_path):
 def test_vit_preset_into_a_network_via_gin_entry(tmp_path):
   hub, preset = _hub_vit(tmp_path)
   backbone = functools.partial(vit, "Ti/4", width=D, depth=DEPTH, mlp_dim=MLP, num_heads=HEADS)
-  network = build_network(Deterministic(), 3, (16, 16, 3), backbone=backbone, image_size=16,
-                          value_range=(0.0, 255.0))  # Identity on the pixels.
+  network = build_network(
+    Deterministic(), 3, (16, 16, 3), backbone=backbone, image_size=16, value_range=(0.0, 255.0)
+  )  # Identity on the pixels.
   head = network.get_layer("head").kernel.numpy().copy()
   report = import_weights(network, preset)  # format="auto": a folder with config.json.
   assert report["kind"] == "vit"
   x = np.random.default_rng(2).uniform(size=(2, 16, 16, 3)).astype("float32")
-  np.testing.assert_allclose(network(x)["embedding"], keras.ops.convert_to_numpy(hub(x))[:, 0],
-                             atol=ATOL, rtol=0)
+  np.testing.assert_allclose(
+    network(x)["embedding"], keras.ops.convert_to_numpy(hub(x))[:, 0], atol=ATOL, rtol=0
+  )
   np.testing.assert_array_equal(network.get_layer("head").kernel.numpy(), head)
   with pytest.raises(ValueError, match="keep_head=False"):
     import_weights(network, preset, keep_head=True)
@@ -84,13 +94,18 @@ def test_vit_preset_posemb_resized_for_a_larger_image(tmp_path):
   ours = _our_vit(image_size=32)  # 8 x 8 grid from a 4 x 4 one.
   import_keras_hub(ours, preset)
   table = keras.ops.convert_to_numpy(
-      hub.get_layer("vit_patching_and_embedding").position_embedding.embeddings)
+    hub.get_layer("vit_patching_and_embedding").position_embedding.embeddings
+  )
   new = ours.get_layer("posemb").embedding.numpy()[0]
   assert new.shape == (1 + 64, D)
   np.testing.assert_array_equal(new[0], table[0])  # Class token row kept.
   old_grid, new_grid = table[1:].reshape(4, 4, D), new[1:].reshape(8, 8, D)
-  for (i, j), (k, m) in {(0, 0): (0, 0), (0, 3): (0, 7), (3, 0): (7, 0),
-                         (3, 3): (7, 7)}.items():  # Corners land on corners.
+  for (i, j), (k, m) in {
+    (0, 0): (0, 0),
+    (0, 3): (0, 7),
+    (3, 0): (7, 0),
+    (3, 3): (7, 7),
+  }.items():  # Corners land on corners.
     np.testing.assert_allclose(new_grid[k, m], old_grid[i, j], atol=1e-6)
   # Corner-aligned: output row 3 of 8 samples input row 3 * (4 - 1) / (8 - 1) = 9/7.
   y = 3 * 3 / 7
@@ -106,13 +121,18 @@ def test_vit_preset_mismatches_are_clear(tmp_path):
   with pytest.raises(KerasHubImportError, match="posemb='learn'"):
     import_keras_hub(_our_vit(posemb="sincos2d"), hub)
   with pytest.raises(KerasHubImportError, match="2 encoder blocks, the model 3"):
-    import_keras_hub(vit("Ti/4", image_size=16, width=D, depth=3, mlp_dim=MLP,
-                         num_heads=HEADS), hub)
-  with pytest.raises(KerasHubImportError, match=r"transformer_block_1/dense_1 -> "
-                                                r"block0_mlp_dense_1/kernel: preset \(16, 32\), "
-                                                r"model \(16, 64\)"):
-    import_keras_hub(vit("Ti/4", image_size=16, width=D, depth=DEPTH, mlp_dim=64,
-                         num_heads=HEADS), hub)
+    import_keras_hub(
+      vit("Ti/4", image_size=16, width=D, depth=3, mlp_dim=MLP, num_heads=HEADS), hub
+    )
+  with pytest.raises(
+    KerasHubImportError,
+    match=r"transformer_block_1/dense_1 -> "
+    r"block0_mlp_dense_1/kernel: preset \(16, 32\), "
+    r"model \(16, 64\)",
+  ):
+    import_keras_hub(
+      vit("Ti/4", image_size=16, width=D, depth=DEPTH, mlp_dim=64, num_heads=HEADS), hub
+    )
   with pytest.raises(KerasHubImportError, match="needs our ViT"):
     import_keras_hub(resnet(18, width=0.125, image_size=32), hub)
 
@@ -125,10 +145,15 @@ def test_vit_layer_norm_epsilon_mismatch(tmp_path):
 
 def _hub_resnet18(**kwargs):
   return keras_hub.models.ResNetBackbone(
-      input_conv_filters=[64], input_conv_kernel_sizes=[7],
-      stackwise_num_filters=[64, 128, 256, 512], stackwise_num_blocks=[2, 2, 2, 2],
-      stackwise_num_strides=[1, 2, 2, 2], block_type="basic_block", image_shape=(32, 32, 3),
-      **kwargs)
+    input_conv_filters=[64],
+    input_conv_kernel_sizes=[7],
+    stackwise_num_filters=[64, 128, 256, 512],
+    stackwise_num_blocks=[2, 2, 2, 2],
+    stackwise_num_strides=[1, 2, 2, 2],
+    block_type="basic_block",
+    image_shape=(32, 32, 3),
+    **kwargs,
+  )
 
 
 def test_resnet_preset_gives_keras_hub_features(tmp_path):
@@ -141,10 +166,12 @@ def test_resnet_preset_gives_keras_hub_features(tmp_path):
   assert report["kind"] == "resnet" and report["loaded"] == len(ours.weights)
   x = _images(32)
   expected = keras.ops.convert_to_numpy(hub(x)).mean(axis=(1, 2))
-  np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)), expected, atol=ATOL,
-                             rtol=1e-5)
-  with pytest.raises(KerasHubImportError, match=r"conv1_conv -> stem_conv/kernel: preset "
-                                                r"\(7, 7, 3, 64\), model \(7, 7, 3, 32\)"):
+  np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)), expected, atol=ATOL, rtol=1e-5)
+  with pytest.raises(
+    KerasHubImportError,
+    match=r"conv1_conv -> stem_conv/kernel: preset "
+    r"\(7, 7, 3, 64\), model \(7, 7, 3, 32\)",
+  ):
     import_keras_hub(resnet(18, width=0.5, image_size=32), preset)
 
 
@@ -166,6 +193,7 @@ def test_vit_preset_into_batchensemble_blocks_needs_adapt(tmp_path):
   assert layer.alpha.path in report["fresh"]
   dense = hub.get_layer("vit_encoder").encoder_layers[1].mlp.dense_1
   np.testing.assert_array_equal(layer.kernel.numpy(), keras.ops.convert_to_numpy(dense.kernel))
-  np.testing.assert_array_equal(layer.bias.numpy(),
-                                np.stack([keras.ops.convert_to_numpy(dense.bias)] * 2))
+  np.testing.assert_array_equal(
+    layer.bias.numpy(), np.stack([keras.ops.convert_to_numpy(dense.bias)] * 2)
+  )
   np.testing.assert_array_equal(layer.alpha.numpy(), alpha)

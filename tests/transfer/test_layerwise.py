@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_unc import optim
-from keras_unc.transfer.layerwise import frozen_prefix, with_lr_multipliers
+from keras_unc.training import optim
+from keras_unc.training.layerwise import frozen_prefix, with_lr_multipliers
 from tests.e2e.helpers import run_inprocess
 
 G = np.array([0.5, -1.0, 2.0], "float32")
@@ -46,8 +46,7 @@ def test_adamw_multiplier_scales_update_and_decay():
 
 
 def test_make_optimizer_config_round_trip():
-  opt = optim.make_optimizer(100, name="sgd", learning_rate=0.1,
-                             lr_multipliers={"^head/": 10.0})
+  opt = optim.make_optimizer(100, name="sgd", learning_rate=0.1, lr_multipliers={"^head/": 10.0})
   assert isinstance(opt, keras.optimizers.SGD)
   assert opt.lr_multipliers == (("^head/", 10.0),)
   again = type(opt).from_config(opt.get_config())
@@ -58,8 +57,9 @@ def test_make_optimizer_config_round_trip():
 
 def test_frozen_prefix_regexes():
   vit = re.compile(frozen_prefix(blocks=2))
-  assert all(vit.match(n) for n in ("patch_embedding", "posemb", "block0_ln_1",
-                                    "block1_mlp_dense_2"))
+  assert all(
+    vit.match(n) for n in ("patch_embedding", "posemb", "block0_ln_1", "block1_mlp_dense_2")
+  )
   assert not any(vit.match(n) for n in ("block2_attn_query", "block10_ln_1", "encoder_norm"))
   resnet = re.compile(frozen_prefix(backbone="resnet", stages=1))
   assert resnet.match("stem_conv") and resnet.match("stage1_block2_bn1")
@@ -70,8 +70,12 @@ def test_frozen_prefix_regexes():
     frozen_prefix(stages=2)
 
 
-PARAMS = ["train.total_steps = 6", "train.eval_every = 6", "train.evaluators = []",
-          "train.export_at_end = False"]
+PARAMS = [
+  "train.total_steps = 6",
+  "train.eval_every = 6",
+  "train.evaluators = []",
+  "train.export_at_end = False",
+]
 
 
 def _weights(network):
@@ -79,11 +83,18 @@ def _weights(network):
 
 
 def test_finetune_with_frozen_prefix_and_multipliers(tmp_path):
-  fresh = _weights(run_inprocess(tmp_path / "init", "train", PARAMS + [
-      "train.total_steps = 0"])["network"])
-  net = run_inprocess(tmp_path / "ft", "train", PARAMS + [
+  fresh = _weights(
+    run_inprocess(tmp_path / "init", "train", PARAMS + ["train.total_steps = 0"])["network"]
+  )
+  net = run_inprocess(
+    tmp_path / "ft",
+    "train",
+    PARAMS
+    + [
       "build_network.freeze = '^patch_embedding'",
-      "make_optimizer.lr_multipliers = {'^block0_attn_': 0.0}"])["network"]
+      "make_optimizer.lr_multipliers = {'^block0_attn_': 0.0}",
+    ],
+  )["network"]
   after = _weights(net)
   assert not net.get_layer("vit").get_layer("patch_embedding").trainable
   for path, value in after.items():
@@ -99,10 +110,18 @@ def test_freeze_pattern_matching_nothing_is_an_error(tmp_path):
 
 
 def test_linear_probe_with_batchnorm_head(tmp_path):
-  fresh = _weights(run_inprocess(tmp_path / "init", "train", PARAMS + [
-      "train.total_steps = 0", "Deterministic.head_batchnorm = True"])["network"])
-  result = run_inprocess(tmp_path / "probe", "train", PARAMS + [
-      "build_network.freeze_backbone = True", "Deterministic.head_batchnorm = True"])
+  fresh = _weights(
+    run_inprocess(
+      tmp_path / "init",
+      "train",
+      PARAMS + ["train.total_steps = 0", "Deterministic.head_batchnorm = True"],
+    )["network"]
+  )
+  result = run_inprocess(
+    tmp_path / "probe",
+    "train",
+    PARAMS + ["build_network.freeze_backbone = True", "Deterministic.head_batchnorm = True"],
+  )
   net = result["network"]
   for v in net.get_layer("vit").variables:
     np.testing.assert_array_equal(v.numpy(), fresh[v.path], err_msg=v.path)

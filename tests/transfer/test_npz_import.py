@@ -1,4 +1,4 @@
-"""Tests of `keras_unc.transfer.npz_import`: public ViT `.npz` names, layouts and resizing."""
+"""Tests of `keras_unc.backbones.pretrained.npz_import`: public ViT `.npz` names, layouts and resizing."""
 
 import functools
 import math
@@ -10,11 +10,11 @@ import scipy.ndimage
 import scipy.special
 
 from keras_unc.backbones import vit
+from keras_unc.backbones.pretrained import npz_import
+from keras_unc.backbones.pretrained.npz_import import NpzImportError
 from keras_unc.methods import Deterministic, heads, modifiers
 from keras_unc.methods.base import Method
-from keras_unc.model import build_network
-from keras_unc.transfer import npz_import
-from keras_unc.transfer.npz_import import NpzImportError
+from keras_unc.training.network import build_network
 
 D, HEADS, MLP, PATCH, DEPTH = 16, 2, 32, 4, 2
 TINY = dict(width=D, depth=DEPTH, mlp_dim=MLP, num_heads=HEADS)
@@ -46,11 +46,20 @@ def _out(model, x):
 # The public names, spelled out here from big_vision/models/vit.py and
 # vision_transformer/vit_jax/models_vit.py (independently of the module under test).
 NAMES = {
-    "big_vision": dict(ln1="LayerNorm_0", attn="MultiHeadDotProductAttention_0",
-                       ln2="LayerNorm_1", mlp="MlpBlock_0", posemb="pos_embedding"),
-    "vit_npz": dict(ln1="LayerNorm_0", attn="MultiHeadDotProductAttention_1",
-                    ln2="LayerNorm_2", mlp="MlpBlock_3",
-                    posemb="Transformer/posembed_input/pos_embedding"),
+  "big_vision": dict(
+    ln1="LayerNorm_0",
+    attn="MultiHeadDotProductAttention_0",
+    ln2="LayerNorm_1",
+    mlp="MlpBlock_0",
+    posemb="pos_embedding",
+  ),
+  "vit_npz": dict(
+    ln1="LayerNorm_0",
+    attn="MultiHeadDotProductAttention_1",
+    ln2="LayerNorm_2",
+    mlp="MlpBlock_3",
+    posemb="Transformer/posembed_input/pos_embedding",
+  ),
 }
 
 
@@ -60,8 +69,12 @@ def _public_checkpoint(fmt, grid=4, token=True, seed=0, depth=DEPTH):
   rng = np.random.default_rng(seed)
   r = lambda *shape: rng.normal(0, 0.3, shape).astype("float32")  # noqa: E731
   hd = D // HEADS
-  p = {"embedding/kernel": r(PATCH, PATCH, 3, D), "embedding/bias": r(D),
-       "Transformer/encoder_norm/scale": 1 + r(D), "Transformer/encoder_norm/bias": r(D)}
+  p = {
+    "embedding/kernel": r(PATCH, PATCH, 3, D),
+    "embedding/bias": r(D),
+    "Transformer/encoder_norm/scale": 1 + r(D),
+    "Transformer/encoder_norm/bias": r(D),
+  }
   covers_cls = fmt == "vit_npz" and token
   p[n["posemb"]] = r(1, grid * grid + int(covers_cls), D)
   if token:
@@ -107,8 +120,10 @@ def _numpy_vit(p, images, fmt, token, depth=DEPTH):
     pre = f"Transformer/encoderblock_{i}/"
     a = pre + n["attn"] + "/"
     y = _layer_norm(x, p[pre + n["ln1"] + "/scale"], p[pre + n["ln1"] + "/bias"])
-    q, k, v = (np.einsum("btd,dhk->bthk", y, p[a + s + "/kernel"]) + p[a + s + "/bias"]
-               for s in ("query", "key", "value"))
+    q, k, v = (
+      np.einsum("btd,dhk->bthk", y, p[a + s + "/kernel"]) + p[a + s + "/bias"]
+      for s in ("query", "key", "value")
+    )
     logits = np.einsum("bqhk,bthk->bhqt", q, k) / math.sqrt(D // HEADS)
     probs = scipy.special.softmax(logits, axis=-1)
     o = np.einsum("bhqt,bthk->bqhk", probs, v)
@@ -134,8 +149,10 @@ def test_public_layout_matches_numpy_reference(fmt, token):
 
 
 @pytest.mark.parametrize("fmt", ["big_vision", "vit_npz", "plex"])
-@pytest.mark.parametrize("pooling,posemb", [("token", "learn"), ("gap", "learn"),
-                                            ("token", "sincos2d"), ("gap", "sincos2d")])
+@pytest.mark.parametrize(
+  "pooling,posemb",
+  [("token", "learn"), ("gap", "learn"), ("token", "sincos2d"), ("gap", "sincos2d")],
+)
 def test_round_trip_outputs_bit_identical(fmt, pooling, posemb, tmp_path):
   src = _vit(pooling=pooling, posemb=posemb)
   _randomise(src)
@@ -192,8 +209,12 @@ def _bilinear_by_hand(grid, new_rows, new_cols):
       x = j * (cols - 1) / (new_cols - 1)
       y0, x0 = min(int(y), rows - 2), min(int(x), cols - 2)
       dy, dx = y - y0, x - x0
-      out[i, j] = ((1 - dy) * (1 - dx) * grid[y0, x0] + (1 - dy) * dx * grid[y0, x0 + 1]
-                   + dy * (1 - dx) * grid[y0 + 1, x0] + dy * dx * grid[y0 + 1, x0 + 1])
+      out[i, j] = (
+        (1 - dy) * (1 - dx) * grid[y0, x0]
+        + (1 - dy) * dx * grid[y0, x0 + 1]
+        + dy * (1 - dx) * grid[y0 + 1, x0]
+        + dy * dx * grid[y0 + 1, x0 + 1]
+      )
   return out
 
 
@@ -207,8 +228,9 @@ def test_resample_posemb_is_bilinear_and_keeps_class_token(new):
   expected = _bilinear_by_hand(posemb[0, 1:].reshape(4, 4, 5).astype("float64"), *new)
   np.testing.assert_allclose(out[0, 1:].reshape(*new, 5), expected, atol=1e-6)
   if new[0] == new[1]:  # big_vision's own call: scipy.ndimage.zoom(order=1).
-    zoomed = scipy.ndimage.zoom(posemb[0, 1:].reshape(4, 4, 5), (new[0] / 4, new[1] / 4, 1),
-                                order=1)
+    zoomed = scipy.ndimage.zoom(
+      posemb[0, 1:].reshape(4, 4, 5), (new[0] / 4, new[1] / 4, 1), order=1
+    )
     np.testing.assert_allclose(out[0, 1:].reshape(*new, 5), zoomed, atol=1e-5)
 
 
@@ -223,9 +245,11 @@ def test_import_resizes_posemb_to_the_model_grid(fmt):
   grid = pe[0, 1:] if fmt == "vit_npz" else pe[0]
   expected_first = pe[:, 0] if fmt == "vit_npz" else np.zeros((1, D))
   np.testing.assert_array_equal(table[:, 0], expected_first)
-  np.testing.assert_allclose(table[0, 1:].reshape(6, 6, D),
-                             _bilinear_by_hand(grid.reshape(4, 4, D).astype("float64"), 6, 6),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    table[0, 1:].reshape(6, 6, D),
+    _bilinear_by_hand(grid.reshape(4, 4, D).astype("float64"), 6, 6),
+    atol=1e-6,
+  )
   with pytest.raises(NpzImportError, match="resize_posemb=True"):
     npz_import.import_npz(_vit(image_size=24), ckpt, format=fmt, resize_posemb=False)
 
@@ -237,10 +261,14 @@ def test_missing_and_unknown_names_are_listed():
   with pytest.raises(NpzImportError) as err:
     npz_import.import_npz(_vit(), ckpt, format="big_vision")
   message = str(err.value)
-  assert "Expected by the model but not in the checkpoint (1): " \
-         "Transformer/encoderblock_1/LayerNorm_1/scale" in message
-  assert "In the checkpoint but not expected by the model (1): " \
-         "Transformer/encoderblock_1/LayerNorm_9/scale" in message
+  assert (
+    "Expected by the model but not in the checkpoint (1): "
+    "Transformer/encoderblock_1/LayerNorm_1/scale" in message
+  )
+  assert (
+    "In the checkpoint but not expected by the model (1): "
+    "Transformer/encoderblock_1/LayerNorm_9/scale" in message
+  )
   # The same checkpoint loads once the stray key is ignored and the missing one restored.
   ckpt["Transformer/encoderblock_1/LayerNorm_1/scale"] = np.ones(D, "float32")
   npz_import.import_npz(_vit(), ckpt, ignore=("*/LayerNorm_9/*",))
@@ -258,15 +286,19 @@ def test_wrong_depth_and_format_are_reported():
 
 def test_wrong_width_lists_shapes():
   ckpt = _public_checkpoint("big_vision")
-  with pytest.raises(NpzImportError, match=r"embedding/kernel: checkpoint \(4, 4, 3, 16\), "
-                                           r"model \(4, 4, 3, 32\)"):
+  with pytest.raises(
+    NpzImportError,
+    match=r"embedding/kernel: checkpoint \(4, 4, 3, 16\), "
+    r"model \(4, 4, 3, 32\)",
+  ):
     npz_import.import_npz(_vit(width=32, mlp_dim=64), ckpt)
 
 
 def _network(num_classes=5, method=None, **vit_kwargs):
   backbone = functools.partial(vit, "Ti/4", **{**TINY, **vit_kwargs})
-  return build_network(method or Deterministic(), num_classes, (16, 16, 3), backbone=backbone,
-                       image_size=16)
+  return build_network(
+    method or Deterministic(), num_classes, (16, 16, 3), backbone=backbone, image_size=16
+  )
 
 
 def test_head_kept_or_reinitialised():
@@ -284,10 +316,10 @@ def test_head_kept_or_reinitialised():
   report = npz_import.import_npz(fresh, arrays)
   assert "head/kernel" in report["skipped"]
   np.testing.assert_array_equal(fresh.get_layer("head").kernel.numpy(), 0.0)
-  np.testing.assert_array_equal(fresh.get_layer("vit").get_layer("block1_mlp_dense_2")
-                                .kernel.numpy(),
-                                src.get_layer("vit").get_layer("block1_mlp_dense_2")
-                                .kernel.numpy())
+  np.testing.assert_array_equal(
+    fresh.get_layer("vit").get_layer("block1_mlp_dense_2").kernel.numpy(),
+    src.get_layer("vit").get_layer("block1_mlp_dense_2").kernel.numpy(),
+  )
 
   with pytest.raises(NpzImportError, match=r"head/kernel: checkpoint \(16, 5\), model \(16, 7\)"):
     npz_import.import_npz(_network(num_classes=7), arrays, keep_head=True)
@@ -322,8 +354,11 @@ def test_plex_batchensemble_names_and_round_trip():
   npz_import.import_npz(dst, arrays, keep_head=True)
   x = _images()
   np.testing.assert_array_equal(_out(dst, x), _out(src, x))
-  with pytest.raises(NpzImportError, match=r"fast_weight_alpha: checkpoint \(2, 16\), model "
-                                           r"\(3, 16\)"):
+  with pytest.raises(
+    NpzImportError,
+    match=r"fast_weight_alpha: checkpoint \(2, 16\), model "
+    r"\(3, 16\)",
+  ):
     npz_import.import_npz(_network(method=_be_method(3)), arrays)
 
 
@@ -344,8 +379,9 @@ def test_deterministic_checkpoint_into_batchensemble_needs_adapt():
 
 def test_no_vit_and_no_parameters_are_clear_errors():
   with pytest.raises(NpzImportError, match="no ViT backbone"):
-    npz_import.import_npz(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]),
-                          _public_checkpoint("big_vision"))
+    npz_import.import_npz(
+      keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), _public_checkpoint("big_vision")
+    )
   with pytest.raises(NpzImportError, match="Found no ViT parameters"):
     npz_import.import_npz(_vit(), {"foo/kernel": np.zeros(2)})
 
@@ -356,9 +392,9 @@ def test_spectral_norm_wrapped_layers_load_their_inner_weights():
   npz_import.import_npz(net, ckpt)
   query = net.get_layer("vit").get_layer("block1_attn_query_sn").layer
   np.testing.assert_array_equal(
-      query.kernel.numpy(),
-      ckpt["Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel"]
-      .reshape(D, D))
+    query.kernel.numpy(),
+    ckpt["Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel"].reshape(D, D),
+  )
 
 
 def test_keep_head_needs_a_linear_head():

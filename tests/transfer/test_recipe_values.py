@@ -23,7 +23,7 @@ def _parse(path):
 
 
 def _q(name):
-  return gin.query_parameter(name)
+  return config.value(name)  # The binding, else the Python default.
 
 
 def _bound(name, default):
@@ -44,8 +44,7 @@ def test_big_vision_vit_s16():
   assert "randaugment(2,10)" in pre and pre.endswith("mixup(0.2)") and "flip_lr" in pre
   assert _q("make_optimizer.name") == "adamw" and _q("make_optimizer.learning_rate") == 1e-3
   # big_vision decays by wd * schedule; Keras AdamW by weight_decay * lr * schedule.
-  assert math.isclose(_q("make_optimizer.weight_decay") * _q("make_optimizer.learning_rate"),
-                      1e-4)
+  assert math.isclose(_q("make_optimizer.weight_decay") * _q("make_optimizer.learning_rate"), 1e-4)
   assert _q("make_optimizer.warmup_steps") == 10_000
   assert _q("make_optimizer.decay") == "cosine"
   assert _q("make_optimizer.global_clipnorm") == 1.0
@@ -76,14 +75,14 @@ def test_ub_vit_b16_finetune(name, classes):
 
 
 RRL = {
-    # file -> (frozen backbone, BN head, lr, nesterov, steps)
-    "rrl/linear_probe": (True, True, 0.01, True, 28 * 50000 // 256),
-    "rrl/cat_linear_probe": (True, True, 0.01, True, 28 * 50000 // 256),
-    "rrl/finetune": (False, False, 0.01, False, 100 * 50000 // 256),
-    "rrl/cat_finetune": (False, False, 0.01, False, 100 * 50000 // 256),
-    "rrl/two_stage": (True, False, 0.001, True, 2 * 50000 // 256),
-    "rrl/two_stage_inat18": (True, False, 0.001, True, 437513 // 256),
-    "rrl/linear_probe_inat18": (True, True, 0.01, True, 28 * 437513 // 256),
+  # file -> (frozen backbone, BN head, lr, nesterov, steps)
+  "rrl/linear_probe": (True, True, 0.01, True, 28 * 50000 // 256),
+  "rrl/cat_linear_probe": (True, True, 0.01, True, 28 * 50000 // 256),
+  "rrl/finetune": (False, False, 0.01, False, 100 * 50000 // 256),
+  "rrl/cat_finetune": (False, False, 0.01, False, 100 * 50000 // 256),
+  "rrl/two_stage": (True, False, 0.001, True, 2 * 50000 // 256),
+  "rrl/two_stage_inat18": (True, False, 0.001, True, 437513 // 256),
+  "rrl/linear_probe_inat18": (True, True, 0.01, True, 28 * 437513 // 256),
 }
 
 

@@ -14,16 +14,21 @@ import pytest
 import tensorflow_datasets as tfds
 
 from keras_unc import config
-from keras_unc import train as train_lib
+from keras_unc.backbones.pretrained.npz_import import export_npz
 from keras_unc.methods import Deterministic
-from keras_unc.model import build_network
-from keras_unc.transfer.npz_import import export_npz
+from keras_unc.training import trainer as train_lib
+from keras_unc.training.network import build_network
 from tests.transfer.protocol_helpers import member_checkpoint
 
 SMOKE = "testing/recipe_smoke.gin"
-RESNET = ["build_network.backbone = @resnet", "build_network.image_size = 32",
-          "build_network.num_channels = 3", "resnet.depth = 18", "resnet.width = 0.0625",
-          "resnet.stem = 'cifar'"]
+RESNET = [
+  "build_network.backbone = @resnet",
+  "build_network.image_size = 32",
+  "build_network.num_channels = 3",
+  "resnet.depth = 18",
+  "resnet.width = 0.0625",
+  "resnet.stem = 'cifar'",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +37,16 @@ def stand_ins(tmp_path_factory):
   root = tmp_path_factory.mktemp("stand_ins")
   found = {}
   for classes in (10, 1000, 8142):
-    found[classes] = [member_checkpoint(root / f"c{classes}_s{seed}", RESNET, seed=seed,
-                                        num_classes=classes, input_shape=(32, 32, 3))[0]
-                      for seed in (0, 1)]
+    found[classes] = [
+      member_checkpoint(
+        root / f"c{classes}_s{seed}",
+        RESNET,
+        seed=seed,
+        num_classes=classes,
+        input_shape=(32, 32, 3),
+      )[0]
+      for seed in (0, 1)
+    ]
   return root, found
 
 
@@ -55,7 +67,8 @@ def _vit_stand_in(root, recipe, npz, num_classes=10):
     return path
   opt = keras.optimizers.SGD()
   opt.build(net.trainable_variables)
-  from keras_unc import checkpoints  # pylint: disable=import-outside-toplevel
+  from keras_unc.runtime import checkpoints
+
   return checkpoints.Checkpointer(str(root / f"vit_{num_classes}")).save(1, net, opt)
 
 
@@ -82,21 +95,21 @@ def _params(name, root, ckpts):
 
 # recipe -> a metric its evaluators must report.
 RECIPES = {
-    "big_vision/vit_s16_i1k": "val/accuracy",
-    "vit_finetune/vit_b16_cifar10": "test/accuracy",
-    "vit_finetune/vit_b16_cifar100": "val/accuracy",
-    "plex/vit_l32_plex_cifar10": "test/accuracy",
-    "plex/vit_l32_plex_imagenet": "test/accuracy",
-    "rrl/linear_probe": "test/accuracy",
-    "rrl/finetune": "test/accuracy",
-    "rrl/cat_linear_probe": "test/accuracy",
-    "rrl/cat_finetune": "test/accuracy",
-    "rrl/two_stage": "test/accuracy",
-    "rrl/distill_imagenet": "validation/accuracy",
-    "rrl/linear_probe_inat18": "validation/accuracy",
-    "rrl/finetune_inat18": "validation/accuracy",
-    "rrl/cat_linear_probe_inat18": "validation/accuracy",
-    "rrl/two_stage_inat18": "validation/accuracy",
+  "big_vision/vit_s16_i1k": "val/accuracy",
+  "vit_finetune/vit_b16_cifar10": "test/accuracy",
+  "vit_finetune/vit_b16_cifar100": "val/accuracy",
+  "plex/vit_l32_plex_cifar10": "test/accuracy",
+  "plex/vit_l32_plex_imagenet": "test/accuracy",
+  "rrl/linear_probe": "test/accuracy",
+  "rrl/finetune": "test/accuracy",
+  "rrl/cat_linear_probe": "test/accuracy",
+  "rrl/cat_finetune": "test/accuracy",
+  "rrl/two_stage": "test/accuracy",
+  "rrl/distill_imagenet": "validation/accuracy",
+  "rrl/linear_probe_inat18": "validation/accuracy",
+  "rrl/finetune_inat18": "validation/accuracy",
+  "rrl/cat_linear_probe_inat18": "validation/accuracy",
+  "rrl/two_stage_inat18": "validation/accuracy",
 }
 
 
@@ -109,12 +122,12 @@ def test_recipe_runs_two_steps(name, stand_ins, tmp_path):
     config.parse([f"experiments/{name}.gin", SMOKE], params)
     result = train_lib.train(str(tmp_path / "run"), "train_and_eval")
   assert result["step"] == 2
-  records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
-             .splitlines()]
+  records = [
+    json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+  ]
   assert records[-1]["step"] == 2 and RECIPES[name] in records[-1], records[-1].keys()
   net = result["network"]
   if "cat_" in name or "two_stage" in name:  # 2 members' embeddings side by side
     assert net.get_layer("cat").output.shape[-1] == 2 * 32
   if "linear_probe" in name or "two_stage" in name:
-    assert not net.get_layer("cat" if "cat_" in name or "two_stage" in name else "resnet"
-                             ).trainable
+    assert not net.get_layer("cat" if "cat_" in name or "two_stage" in name else "resnet").trainable

@@ -1,4 +1,4 @@
-"""Feature cache (`keras_unc.cache`) and the `cached:` source on the tiny digits config."""
+"""Feature cache (`python -m keras_unc cache`) and the `cached:` source on the tiny digits config."""
 
 import os
 import subprocess
@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_unc import checkpoints, config
-from keras_unc import feature_cache as cache
+from keras_unc import config
 from keras_unc.data import get_source, make_dataset
 from keras_unc.data.cached import CachedSource, choose_epoch, shard_name
 from keras_unc.methods import Deterministic
-from keras_unc.model import build_network
+from keras_unc.runtime import checkpoints
+from keras_unc.training import feature_cache as cache
+from keras_unc.training.network import build_network
 from tests.e2e.helpers import REPO, TINY, run_inprocess
 
 QUIET = ["train.evaluators=[]", "train.export_at_end=False"]
@@ -43,8 +44,12 @@ def shard_arrays(path):
 def augmented(pretrained, tmp_path_factory):
   """Two flip-augmented epochs of digits in shards of 600 (3 per epoch)."""
   path = tmp_path_factory.mktemp("cache") / "flip"
-  params = [f"train.warm_start='{pretrained}'", "train.preprocess='flip_lr'",
-            "cache_features.epochs=2", "cache_features.shard_size=600"]
+  params = [
+    f"train.warm_start='{pretrained}'",
+    "train.preprocess='flip_lr'",
+    "cache_features.epochs=2",
+    "cache_features.shard_size=600",
+  ]
   result = build(path, *params)
   return path, params, result
 
@@ -54,7 +59,8 @@ def test_cache_holds_backbone_embeddings_and_classifier_logits(augmented, pretra
   manifest = result["manifest"]
   assert (result["written"], result["skipped"]) == (6, 0)
   assert sorted(x for x in os.listdir(path) if x.endswith(".npz")) == [
-      shard_name(e, s) for e in range(2) for s in range(3)]
+    shard_name(e, s) for e in range(2) for s in range(3)
+  ]
   ckpt = cache.resolve_checkpoint(pretrained)
   assert manifest["checkpoint"]["path"] == ckpt and manifest["checkpoint"]["step"] == 20
   assert manifest["key"]["preprocess"] == "flip_lr" and manifest["key"]["epochs"] == 2
@@ -72,10 +78,13 @@ def test_cache_holds_backbone_embeddings_and_classifier_logits(augmented, pretra
   checkpoints.assign(network.variables, checkpoints.read(ckpt)[0], "model", ckpt)
   adapter, vit = network.get_layer("input_adapter"), network.get_layer("vit")
   x = images.astype(np.float32)
-  want = {k: vit(adapter(v), training=False).numpy()
-          for k, v in (("plain", x), ("flip", x[:, :, ::-1]))}
-  logits = {"plain": network(x)["logits"].numpy()[:, 0], "flip": network(x[:, :, ::-1])[
-      "logits"].numpy()[:, 0]}
+  want = {
+    k: vit(adapter(v), training=False).numpy() for k, v in (("plain", x), ("flip", x[:, :, ::-1]))
+  }
+  logits = {
+    "plain": network(x)["logits"].numpy()[:, 0],
+    "flip": network(x[:, :, ::-1])["logits"].numpy()[:, 0],
+  }
   for e in range(2):
     got = arrays["embedding"][e]
     plain = np.all(np.isclose(got, want["plain"], atol=1e-4), axis=1)
@@ -83,8 +92,8 @@ def test_cache_holds_backbone_embeddings_and_classifier_logits(augmented, pretra
     assert np.all(plain | flip)  # Every cached embedding is one of the two views...
     assert 0.3 < flip.mean() < 0.7  # ...about half of them flipped,
     np.testing.assert_allclose(
-        arrays["logits"][e], np.where(plain[:, None], logits["plain"], logits["flip"]),
-        atol=1e-4)
+      arrays["logits"][e], np.where(plain[:, None], logits["plain"], logits["flip"]), atol=1e-4
+    )
   # ...and the two epochs drew different flips (seeded by epoch and example).
   assert not np.allclose(arrays["embedding"][0], arrays["embedding"][1])
 
@@ -109,9 +118,21 @@ def test_rerun_is_a_noop_and_a_stale_config_is_refused_with_the_cache_intact(aug
 def test_the_command_line_refuses_a_stale_cache(augmented):
   path, params, _ = augmented
   proc = subprocess.run(
-      [sys.executable, "-m", "keras_unc.cache", f"--gin_file={TINY}", f"--workdir={path}",
-       *[f"--gin_param={p}" for p in params], "--gin_param=train.preprocess=''"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "keras_unc",
+      "cache",
+      f"--gin_file={TINY}",
+      f"--workdir={path}",
+      *[f"--gin_param={p}" for p in params],
+      "--gin_param=train.preprocess=''",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2, proc.stderr
   assert "preprocess: cached 'flip_lr', now ''" in proc.stderr and "--overwrite" in proc.stderr
 
@@ -150,7 +171,7 @@ def test_bad_cache_configs_are_refused(pretrained, tmp_path):
 def test_each_block_of_epochs_visits_every_cached_epoch_once():
   picks = [int(choose_epoch(3, t, 4)) for t in range(12)]
   for block in range(3):
-    assert sorted(picks[4 * block:4 * block + 4]) == [0, 1, 2, 3]
+    assert sorted(picks[4 * block : 4 * block + 4]) == [0, 1, 2, 3]
   assert picks == [int(choose_epoch(3, t, 4)) for t in range(12)]  # Deterministic.
   assert picks != [int(choose_epoch(4, t, 4)) for t in range(12)]  # Depends on the seed.
 
@@ -172,15 +193,27 @@ def test_training_stream_reads_the_chosen_epoch(augmented):
 
 def test_cached_training_matches_training_through_the_frozen_backbone(pretrained, tmp_path):
   ckpt = cache.resolve_checkpoint(pretrained)
-  common = QUIET + [f"train.warm_start='{ckpt}'", "train.total_steps=30", "train.seed=3",
-                    "Deterministic.head_init='glorot_uniform'"]
+  common = QUIET + [
+    f"train.warm_start='{ckpt}'",
+    "train.total_steps=30",
+    "train.seed=3",
+    "Deterministic.head_init='glorot_uniform'",
+  ]
   evaluate = ["train.evaluators=[@ClassificationEvaluator()]"]
-  reference = run_inprocess(tmp_path / "frozen", params=common + evaluate + [
-      "build_network.freeze_backbone=True", "train.adapt_checkpoint=True"])
+  reference = run_inprocess(
+    tmp_path / "frozen",
+    params=common
+    + evaluate
+    + ["build_network.freeze_backbone=True", "train.adapt_checkpoint=True"],
+  )
   frozen = reference["network"]
   build(tmp_path / "cache", *common)
-  result = run_inprocess(tmp_path / "cached", params=common + evaluate + [
-      f"train.dataset='cached:{tmp_path / 'cache'}'", "train.export_at_end=True"])
+  result = run_inprocess(
+    tmp_path / "cached",
+    params=common
+    + evaluate
+    + [f"train.dataset='cached:{tmp_path / 'cache'}'", "train.export_at_end=True"],
+  )
   full = result["network"]
   head = {v.path: v.numpy() for v in full.head_network.variables}
   arrays, meta = checkpoints.read(ckpt)
@@ -196,12 +229,22 @@ def test_cached_training_matches_training_through_the_frozen_backbone(pretrained
       np.testing.assert_array_equal(start[v.path], v.numpy())
   assert moved  # Training changed the head: the comparison is not vacuous.
   # The workdir's checkpoints hold the head alone; the export is the full image model.
-  assert 0 < len(checkpoints.read(os.path.join(tmp_path / "cached", "checkpoints",
-                                               "ckpt-000000030"))[1]["variables"]) < 5
+  assert (
+    0
+    < len(
+      checkpoints.read(os.path.join(tmp_path / "cached", "checkpoints", "ckpt-000000030"))[1][
+        "variables"
+      ]
+    )
+    < 5
+  )
   served = tf.saved_model.load(result["export"]).signatures["serving_default"]
   images = get_source("digits").arrays("test")[0][:16]
-  np.testing.assert_allclose(served(images=tf.constant(images))["probs"].numpy(),
-                             full(images.astype(np.float32))["probs"].numpy(), atol=1e-5)
+  np.testing.assert_allclose(
+    served(images=tf.constant(images))["probs"].numpy(),
+    full(images.astype(np.float32))["probs"].numpy(),
+    atol=1e-5,
+  )
   # Evaluated on images by the full network: the same metrics as the frozen-backbone run.
   assert result["metrics"].keys() == reference["metrics"].keys()
   assert any(k.endswith("/accuracy") for k in result["metrics"])

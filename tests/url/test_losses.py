@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.special import ive
 
-from keras_unc.uncertainty import losses as L
-from keras_unc.uncertainty import vmf
+from keras_unc.methods.url import losses as L
+from keras_unc.methods.url import vmf
 
 
 def _log_c(kappa, dim):
@@ -36,7 +36,8 @@ def test_losspred_order_by_hand():
 
 
 def test_losspred_order_detaches_the_true_loss_and_needs_even_batch():
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf
+
   unc, ce = tf.Variable([0.2, 0.5]), tf.Variable([2.0, 1.0])
   with tf.GradientTape() as tape:
     loss = tf.reduce_sum(L.losspred_order(unc, ce))
@@ -48,8 +49,9 @@ def test_losspred_order_detaches_the_true_loss_and_needs_even_batch():
 
 
 def test_riskpred_is_squared_error():
-  np.testing.assert_allclose(np.asarray(L.riskpred(np.array([1.0, 0.0]), np.array([3.0, 0.5]))),
-                             [4.0, 0.25])
+  np.testing.assert_allclose(
+    np.asarray(L.riskpred(np.array([1.0, 0.0]), np.array([3.0, 0.5]))), [4.0, 0.25]
+  )
 
 
 def test_log_bessel_matches_scipy_and_small_argument_series():
@@ -84,8 +86,14 @@ def test_elk_by_hand():
   dim = 8
   z, w = rng.normal(size=(3, dim)), rng.normal(size=(dim, 4))
   kappa, class_kappa = np.array([2.0, 5.0, 20.0]), np.array([1.0, 3.0, 10.0, 30.0])
-  out = np.asarray(L.elk_logits(z.astype("float32"), kappa.astype("float32"),
-                                w.astype("float32"), class_kappa.astype("float32")))
+  out = np.asarray(
+    L.elk_logits(
+      z.astype("float32"),
+      kappa.astype("float32"),
+      w.astype("float32"),
+      class_kappa.astype("float32"),
+    )
+  )
   by_hand = np.zeros((3, 4))
   for i in range(3):
     for c in range(4):
@@ -100,25 +108,30 @@ def test_nivmf_by_hand():
   x = _unit(rng.normal(size=(samples, 2, dim)))
   w = rng.normal(size=(dim, 3))
   class_kappa = rng.uniform(0.5, 5.0, size=(3, dim))
-  out = np.asarray(L.nivmf_logits(x.astype("float32"), w.astype("float32"),
-                                  class_kappa.astype("float32")))
+  out = np.asarray(
+    L.nivmf_logits(x.astype("float32"), w.astype("float32"), class_kappa.astype("float32"))
+  )
   by_hand = np.zeros((2, 3))
   for b in range(2):
     for c in range(3):
       m = _unit(w[:, c]) * class_kappa[c]
       norm = np.linalg.norm(m)
-      ll = [_log_c(norm, dim) + x[s, b] @ m + np.log(class_kappa[c]).sum() - 2 * np.log(norm)
-            for s in range(samples)]
+      ll = [
+        _log_c(norm, dim) + x[s, b] @ m + np.log(class_kappa[c]).sum() - 2 * np.log(norm)
+        for s in range(samples)
+      ]
       by_hand[b, c] = _lse(ll) - np.log(samples)
   np.testing.assert_allclose(out, by_hand, atol=5e-3)
 
 
 def test_pair_masks():
   pos, neg = L.pair_masks(None, 4, supervised=False)
-  np.testing.assert_array_equal(np.asarray(pos), [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1],
-                                                   [0, 0, 1, 0]])
-  np.testing.assert_array_equal(np.asarray(neg), [[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 0],
-                                                   [1, 1, 0, 0]])
+  np.testing.assert_array_equal(
+    np.asarray(pos), [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]]
+  )
+  np.testing.assert_array_equal(
+    np.asarray(neg), [[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]]
+  )
   pos, neg = L.pair_masks(np.array([5, 7, 5]), 3, supervised=True)
   np.testing.assert_array_equal(np.asarray(pos), [[0, 0, 1], [0, 0, 0], [1, 0, 0]])
   np.testing.assert_array_equal(np.asarray(neg), [[0, 1, 0], [1, 0, 1], [0, 1, 0]])
@@ -138,8 +151,10 @@ def test_infonce_by_hand():
   out = np.asarray(L.infonce(z.astype("float32"), pos, neg, 7.0))
   u = _unit(z)
   sim = 7.0 * u @ u.T
-  by_hand = [-(_lse(sim[i][pos[i] > 0]) - _lse(sim[i][neg[i] > 0])) if pos[i].any() else 0.0
-             for i in range(6)]
+  by_hand = [
+    -(_lse(sim[i][pos[i] > 0]) - _lse(sim[i][neg[i] > 0])) if pos[i].any() else 0.0
+    for i in range(6)
+  ]
   np.testing.assert_allclose(out, by_hand, atol=1e-4)
   assert out[5] == 0.0
 
@@ -153,8 +168,10 @@ def test_mcinfonce_by_hand():
     if not pos[i].any():
       by_hand.append(0.0)
       continue
-    per = [_lse(4.0 * x[s, i] @ x[s][pos[i] > 0].T) - _lse(4.0 * x[s, i] @ x[s][neg[i] > 0].T)
-           for s in range(3)]
+    per = [
+      _lse(4.0 * x[s, i] @ x[s][pos[i] > 0].T) - _lse(4.0 * x[s, i] @ x[s][neg[i] > 0].T)
+      for s in range(3)
+    ]
     by_hand.append(-(_lse(per) - np.log(3)))
   np.testing.assert_allclose(out, by_hand, atol=1e-4)
 

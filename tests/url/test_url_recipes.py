@@ -1,4 +1,4 @@
-"""The URL recipes (`gin_configs/experiments/url_*.gin`) carry the published calls of the
+"""The URL recipes (`gin_configs/experiments/url/*.gin`) carry the published calls of the
 mkirchhof/url README: loss, module, inv_temp, lr-base (scaled by sqrt(batch / 256) as timm
 does for lamb), lambda, HIB constant, start value; their pieces construct."""
 
@@ -8,95 +8,162 @@ import os
 import gin
 import pytest
 
-from keras_unc import config, optim
+from keras_unc import config
 from keras_unc.data.ops import parse_ops
-from keras_unc.methods.url import URL
+from keras_unc.methods.url.method import URL
+from keras_unc.training import optim
 
 GIN_DIR = config.GIN_DIR
 
 # recipe -> (loss, module, published flags: lr_base, inv_temp, ...). Source: mkirchhof/url
 # README "Examples" (seeds/001 in the project's shared references).
 URL_BENCHMARK = {
-    "resnet50_nivmf": ("nivmf", "pred_net", dict(lr_base=0.00014942909398367403,
-                                                 inv_temp=10.896111351193488, start=0.001)),
-    "vitm16_nivmf": ("nivmf", "pred_net", dict(lr_base=0.0027583475549166764,
-                                               inv_temp=31.353232263344143, start=0.001)),
-    "resnet50_mcinfonce": ("mcinfonce", "pred_net", dict(lr_base=2.384205225724591e-05,
-                                                         inv_temp=52.43117045513681,
-                                                         start=0.001, batch=96 * 21)),
-    "vitm16_mcinfonce": ("mcinfonce", "pred_net", dict(lr_base=0.0031866603949435874,
-                                                       inv_temp=50.27568453131382, start=0.001,
-                                                       batch=96 * 21)),
-    "resnet50_elk": ("elk", "pred_net", dict(lr_base=0.008324452068209802,
-                                             inv_temp=27.685357549319253, start=0.0)),
-    "vitm16_elk": ("elk", "pred_net", dict(lr_base=0.009041687325778511,
-                                           inv_temp=56.77356863558765, start=0.0)),
-    "resnet50_hetxl": ("cross_entropy", "class_entropy", dict(lr_base=0.00030257136041070065,
-                                                              start=0.0, factors=1)),
-    "vitm16_hetxl": ("cross_entropy", "hetxl_det", dict(lr_base=0.00012722151293115814,
-                                                        start=0.0, factors=1)),
-    "resnet50_riskpred": ("riskpred", "pred_net", dict(lr_base=0.00907673293373138,
-                                                       lambda_value=0.04137484664752506,
-                                                       start=0.0)),
-    "vitm16_riskpred": ("riskpred", "pred_net", dict(lr_base=0.0026590263551453507,
-                                                     lambda_value=0.011424752423322174,
-                                                     start=0.001)),
-    "resnet50_sngp": ("cross_entropy", "class_entropy", dict(lr_base=0.003935036929170965,
-                                                             start=0.0, bound=3.0034958778109893,
-                                                             momentum=-1.0)),
-    "vitm16_sngp": ("cross_entropy", "class_entropy", dict(lr_base=0.0002973866135608272,
-                                                           start=0.0, momentum=0.999)),
-    "resnet50_hib": ("hib", "pred_net", dict(lr_base=5.606607236666466e-05,
-                                             inv_temp=26.850376086478832, start=0.0,
-                                             hib=2.043464396656407, batch=96 * 21)),
-    "vitm16_hib": ("hib", "pred_net", dict(lr_base=0.0005920448270870512,
-                                           inv_temp=13.955844954616405, start=0.0,
-                                           hib=-5.360730528719454, batch=48 * 43)),
-    "resnet50_mc_dropout": ("cross_entropy", "jsd", dict(lr_base=0.00016199535513680024,
-                                                         start=0.0, drop=0.08702220252645132)),
-    "vitm16_mc_dropout": ("cross_entropy", "class_entropy",
-                          dict(lr_base=0.0027583475549166764, start=0.0,
-                               drop=0.1334044009405148)),
-    "resnet50_ensemble": ("cross_entropy", "class_entropy", dict(lr_base=0.004405890102835956,
-                                                                 start=0.0, heads=10)),
-    "vitm16_ensemble": ("cross_entropy", "class_entropy", dict(lr_base=0.004944771531139904,
-                                                               start=0.0, heads=10)),
-    "resnet50_cross_entropy": ("cross_entropy", "class_entropy",
-                               dict(lr_base=0.0027583475549166764, start=0.0)),
-    "vitm16_cross_entropy": ("cross_entropy", "class_entropy",
-                             dict(lr_base=0.004954014361368407, start=0.0)),
-    "resnet50_infonce": ("infonce", "embed_norm", dict(lr_base=0.0004452562693472003,
-                                                       inv_temp=15.182859908025058, start=0.0,
-                                                       batch=96 * 21)),
-    "vitm16_infonce": ("infonce", "embed_norm", dict(lr_base=0.006246538808281836,
-                                                     inv_temp=20.82011649785067, start=0.0,
-                                                     batch=96 * 21)),
+  "resnet50_nivmf": (
+    "nivmf",
+    "pred_net",
+    dict(lr_base=0.00014942909398367403, inv_temp=10.896111351193488, start=0.001),
+  ),
+  "vitm16_nivmf": (
+    "nivmf",
+    "pred_net",
+    dict(lr_base=0.0027583475549166764, inv_temp=31.353232263344143, start=0.001),
+  ),
+  "resnet50_mcinfonce": (
+    "mcinfonce",
+    "pred_net",
+    dict(lr_base=2.384205225724591e-05, inv_temp=52.43117045513681, start=0.001, batch=96 * 21),
+  ),
+  "vitm16_mcinfonce": (
+    "mcinfonce",
+    "pred_net",
+    dict(lr_base=0.0031866603949435874, inv_temp=50.27568453131382, start=0.001, batch=96 * 21),
+  ),
+  "resnet50_elk": (
+    "elk",
+    "pred_net",
+    dict(lr_base=0.008324452068209802, inv_temp=27.685357549319253, start=0.0),
+  ),
+  "vitm16_elk": (
+    "elk",
+    "pred_net",
+    dict(lr_base=0.009041687325778511, inv_temp=56.77356863558765, start=0.0),
+  ),
+  "resnet50_hetxl": (
+    "cross_entropy",
+    "class_entropy",
+    dict(lr_base=0.00030257136041070065, start=0.0, factors=1),
+  ),
+  "vitm16_hetxl": (
+    "cross_entropy",
+    "hetxl_det",
+    dict(lr_base=0.00012722151293115814, start=0.0, factors=1),
+  ),
+  "resnet50_riskpred": (
+    "riskpred",
+    "pred_net",
+    dict(lr_base=0.00907673293373138, lambda_value=0.04137484664752506, start=0.0),
+  ),
+  "vitm16_riskpred": (
+    "riskpred",
+    "pred_net",
+    dict(lr_base=0.0026590263551453507, lambda_value=0.011424752423322174, start=0.001),
+  ),
+  "resnet50_sngp": (
+    "cross_entropy",
+    "class_entropy",
+    dict(lr_base=0.003935036929170965, start=0.0, bound=3.0034958778109893, momentum=-1.0),
+  ),
+  "vitm16_sngp": (
+    "cross_entropy",
+    "class_entropy",
+    dict(lr_base=0.0002973866135608272, start=0.0, momentum=0.999),
+  ),
+  "resnet50_hib": (
+    "hib",
+    "pred_net",
+    dict(
+      lr_base=5.606607236666466e-05,
+      inv_temp=26.850376086478832,
+      start=0.0,
+      hib=2.043464396656407,
+      batch=96 * 21,
+    ),
+  ),
+  "vitm16_hib": (
+    "hib",
+    "pred_net",
+    dict(
+      lr_base=0.0005920448270870512,
+      inv_temp=13.955844954616405,
+      start=0.0,
+      hib=-5.360730528719454,
+      batch=48 * 43,
+    ),
+  ),
+  "resnet50_mc_dropout": (
+    "cross_entropy",
+    "jsd",
+    dict(lr_base=0.00016199535513680024, start=0.0, drop=0.08702220252645132),
+  ),
+  "vitm16_mc_dropout": (
+    "cross_entropy",
+    "class_entropy",
+    dict(lr_base=0.0027583475549166764, start=0.0, drop=0.1334044009405148),
+  ),
+  "resnet50_ensemble": (
+    "cross_entropy",
+    "class_entropy",
+    dict(lr_base=0.004405890102835956, start=0.0, heads=10),
+  ),
+  "vitm16_ensemble": (
+    "cross_entropy",
+    "class_entropy",
+    dict(lr_base=0.004944771531139904, start=0.0, heads=10),
+  ),
+  "resnet50_cross_entropy": (
+    "cross_entropy",
+    "class_entropy",
+    dict(lr_base=0.0027583475549166764, start=0.0),
+  ),
+  "vitm16_cross_entropy": (
+    "cross_entropy",
+    "class_entropy",
+    dict(lr_base=0.004954014361368407, start=0.0),
+  ),
+  "resnet50_infonce": (
+    "infonce",
+    "embed_norm",
+    dict(lr_base=0.0004452562693472003, inv_temp=15.182859908025058, start=0.0, batch=96 * 21),
+  ),
+  "vitm16_infonce": (
+    "infonce",
+    "embed_norm",
+    dict(lr_base=0.006246538808281836, inv_temp=20.82011649785067, start=0.0, batch=96 * 21),
+  ),
 }
 PVU = {"ti": "Ti/16", "s": "S/16", "b": "B/16", "l": "L/16"}
-ALL = ([f"url_{n}.gin" for n in URL_BENCHMARK]
-       + [f"url_vit_{k}16_losspred_order.gin" for k in PVU])
+ALL = [f"{n}.gin" for n in URL_BENCHMARK] + [f"vit_{k}16_losspred_order.gin" for k in PVU]
 
 
 def _parse(name):
   gin.clear_config()
-  config.parse([os.path.join(GIN_DIR, "experiments", name)], [], finalize=True)
+  config.parse([os.path.join(GIN_DIR, "experiments", "url", name)], [], finalize=True)
 
 
 def _q(name):
-  return gin.query_parameter(name)
+  return config.value(name)  # The binding, else the Python default.
 
 
 def test_every_url_recipe_is_checked():
-  found = {p for p in os.listdir(os.path.join(GIN_DIR, "experiments"))
-           if p.startswith("url_") and p.endswith(".gin")}
+  found = {p for p in os.listdir(os.path.join(GIN_DIR, "experiments", "url")) if p.endswith(".gin")}
   assert set(ALL) <= found
-  assert found - set(ALL) <= {"url_imagenet.gin", "url_imagenet21k.gin"}
+  assert found - set(ALL) <= {"imagenet.gin", "imagenet21k.gin"}
 
 
 @pytest.mark.parametrize("name", sorted(URL_BENCHMARK))
 def test_url_benchmark_recipe(name):
   loss, module, flags = URL_BENCHMARK[name]
-  _parse(f"url_{name}.gin")
+  _parse(f"{name}.gin")
   method = _q("train.method").scoped_configurable_fn()
   assert isinstance(method, URL)
   assert (method.url_loss, method.module) == (loss, module)
@@ -107,7 +174,8 @@ def test_url_benchmark_recipe(name):
   assert _q("train.total_steps") == 32 * steps_per_epoch
   assert _q("train.eval_every") == steps_per_epoch
   assert _q("make_optimizer.learning_rate") == pytest.approx(
-      flags["lr_base"] * math.sqrt(batch / 256), rel=1e-12)
+    flags["lr_base"] * math.sqrt(batch / 256), rel=1e-12
+  )
   assert _q("make_optimizer.name") == "lamb"
   assert _q("make_optimizer.weight_decay") == 2e-5
   assert _q("train.dataset") == "tfds:imagenet2012"
@@ -136,10 +204,13 @@ def test_url_benchmark_recipe(name):
 
 @pytest.mark.parametrize("key", sorted(PVU))
 def test_pretrained_visual_uncertainties_recipe(key):
-  _parse(f"url_vit_{key}16_losspred_order.gin")
+  _parse(f"vit_{key}16_losspred_order.gin")
   method = _q("train.method").scoped_configurable_fn()
-  assert (method.url_loss, method.module, method.batch_multiple) == ("losspred_order",
-                                                                     "pred_net", 2)
+  assert (method.url_loss, method.module, method.batch_multiple) == (
+    "losspred_order",
+    "pred_net",
+    2,
+  )
   assert _q("vit.variant") == PVU[key] and _q("build_network.image_size") == 224
   assert _q("train.dataset") == "tfds:imagenet21k"
   assert _q("make_optimizer.learning_rate") == pytest.approx(0.001 * math.sqrt(2048 / 256))

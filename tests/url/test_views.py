@@ -13,12 +13,16 @@ SPEC = "views(2, ['inception_crop(8)', 'flip_lr'])|flatten_views"
 def test_views_are_independent_augmentations_flattened_in_pairs():
   pre = parse_ops(SPEC)
   image = tf.cast(tf.reshape(tf.range(64), [8, 8, 1]) * 3, tf.uint8)
-  ex = pre.example_fn({"image": image, "label": tf.constant(3),
-                       "_rng": tf.constant([0, 1], tf.int64)})
+  ex = pre.example_fn(
+    {"image": image, "label": tf.constant(3), "_rng": tf.constant([0, 1], tf.int64)}
+  )
   assert ex["image"].shape == (2, 8, 8, 1)
   assert not np.allclose(ex["image"][0], ex["image"][1])  # Each view has its own seeds.
-  batch = {"image": tf.stack([ex["image"], ex["image"] + 1.0]), "label": tf.constant([3, 5]),
-           "_rng": tf.constant([[0, 1], [0, 2]], tf.int64)}
+  batch = {
+    "image": tf.stack([ex["image"], ex["image"] + 1.0]),
+    "label": tf.constant([3, 5]),
+    "_rng": tf.constant([[0, 1], [0, 2]], tf.int64),
+  }
   out = pre.batch_fn(batch)
   np.testing.assert_array_equal(out["label"], [3, 3, 5, 5])
   np.testing.assert_allclose(out["image"][1], ex["image"][1])  # Row 2k+1: view 2 of image k.
@@ -37,5 +41,4 @@ def test_bad_views_specs():
   with pytest.raises(ValueError, match="only per-example ops"):
     parse_ops("views(2, ['flip_lr', 'mixup'])")
   with pytest.raises(ValueError, match="put views"):
-    parse_ops("flatten_views").batch_fn({"image": tf.zeros([2, 8, 8, 1]),
-                                         "label": tf.zeros([2])})
+    parse_ops("flatten_views").batch_fn({"image": tf.zeros([2, 8, 8, 1]), "label": tf.zeros([2])})

@@ -1,0 +1,492 @@
+"""Feature cache: run a frozen pretrained backbone once, then train heads from its outputs.
+
+    python -m keras_unc cache --gin_file=X.gin --workdir=CACHE_DIR [--overwrite]
+    python -m keras_unc.main --gin_file=X.gin --gin_param="train.dataset='cached:CACHE_DIR'" ...
+
+The cache run builds the network of the gin config, loads the backbone (and classifier)
+weights from `cache_features.checkpoint` (default: `train.warm_start`), and runs it over
+`epochs` passes of the training split with the training preprocessing (random
+augmentations seeded by (seed, epoch, example)), storing embeddings, classifier logits and
+labels in shards. Each shard is written under a temporary name and renamed, so a killed
+run leaves only whole shards and rerunning the command resumes it. `manifest.json` records
+what the cache depends on (backbone config, checkpoint hash, data, preprocessing, epochs);
+a rerun with a different config is refused without touching the cache.
+
+Training on `cached:CACHE_DIR` skips the backbone: `train` optimises the head alone
+(`build_network(..., separate_head=True).head_network`) on the embeddings, while
+evaluators and the export use the full network (backbone from the manifest's checkpoint +
+the trained head), so what is exported still takes raw images.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import time
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_unc.data import get_source, parse_ops
+from keras_unc.data.cached import (
+  FORMAT_VERSION,
+  MANIFEST,
+  missing_shards,
+  num_shards,
+  read_manifest,
+  shard_name,
+)
+from keras_unc.methods import Deterministic, get_method
+from keras_unc.runtime import checkpoints, files
+from keras_unc.training.network import build_network
+
+log = logging.getLogger(__name__)
+
+
+class StaleCacheError(ValueError):
+  """A cache folder was built with a different configuration than the current one."""
+
+
+# ------------------------------------------------------------------ config and checkpoint
+
+
+def _resolve(value):
+  if isinstance(value, gin.config.ConfigurableReference):
+    fn = value.scoped_configurable_fn
+    return fn() if value.evaluate else fn
+  return value
+
+
+def _train_binding(name, default=None):
+  """The value bound to `train.<name>` (a reference is evaluated), else `default`."""
+  return _resolve(gin.get_bindings("train", resolve_references=False).get(name, default))
+
+
+def _jsonable(value):
+  return json.loads(json.dumps(value, default=repr))
+
+
+def backbone_config():
+  """The gin bindings that decide what the backbone computes: `build_network`'s (but the
+  freezing flags) and those of the backbone constructor it references.
+  """
+  bindings = dict(gin.get_bindings("build_network", resolve_references=False))
+  for flag in ("freeze_backbone", "separate_head", "freeze"):  # Training flags only.
+    bindings.pop(flag, None)
+  config = {"build_network": _jsonable(bindings)}
+  ref = bindings.get("backbone")
+  if isinstance(ref, gin.config.ConfigurableReference):
+    config[ref.selector] = _jsonable(gin.get_bindings(ref.selector, resolve_references=False))
+  return config
+
+
+def resolve_checkpoint(path):
+  """A checkpoint folder (`ckpt-N`, with meta.json) from itself, a folder of checkpoints, or
+  a training workdir (its newest checkpoint).
+  """
+  if not path:
+    raise ValueError(
+      "No checkpoint to cache features from: set cache_features.checkpoint "
+      "(or train.warm_start) to a checkpoint folder or a training workdir."
+    )
+  return checkpoints.resolve(path)
+
+
+def file_sha256(path, chunk=1 << 22):
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(chunk), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def checkpoint_info(path):
+  """{"path", "step", "sha256"} of a checkpoint folder (the hash is of its variables)."""
+  with open(os.path.join(path, "meta.json")) as f:
+    step = json.load(f).get("step")
+  return {"path": path, "step": step, "sha256": file_sha256(os.path.join(path, "variables.npz"))}
+
+
+def load_pretrained(network, path):
+  """Loads a checkpoint's weights into `network` (exactly if it was written by the same
+  method and architecture, else by layer and weight name) and checks that every backbone
+  weight was found. Returns a one-line report.
+  """
+  arrays, meta = checkpoints.read(path)
+  stored = [p for p, _ in meta.get("variables", [])]
+  if (
+    meta.get("method") == getattr(network, "method_name", None)
+    and len(stored) == len(network.variables)
+    and all(p == v.path for p, v in zip(stored, network.variables))
+  ):
+    checkpoints.assign(network.variables, arrays, "model", path)
+    return f"all {len(stored)} variables restored"
+  keys = {checkpoints.weight_key(p) for p in stored}
+  missing = [
+    v.path for v in network.backbone.variables if checkpoints.weight_key(v.path) not in keys
+  ]
+  if missing:
+    raise checkpoints.CheckpointMismatchError(
+      f"Checkpoint {path} lacks {len(missing)} of the backbone's "
+      f"{len(network.backbone.variables)} weights (e.g. {missing[:3]}): it was written for "
+      "another backbone (or is a head-only checkpoint of a cached run). Point "
+      "cache_features.checkpoint (or train.warm_start) at a checkpoint of the backbone "
+      "configured in build_network."
+    )
+  return "adapted by name: " + checkpoints.adapt(network.variables, arrays, meta)
+
+
+def _describe_diff(old, new, prefix=""):
+  """Lines `field: cached X, now Y` for every leaf where two nested dicts differ."""
+  lines = []
+  for k in sorted(set(old) | set(new)):
+    a, b = old.get(k, "<unset>"), new.get(k, "<unset>")
+    if isinstance(a, dict) and isinstance(b, dict):
+      lines += _describe_diff(a, b, f"{prefix}{k}.")
+    elif a != b:
+      lines.append(f"{prefix}{k}: cached {a!r}, now {b!r}")
+  return lines
+
+
+# ------------------------------------------------------------------ building the cache
+
+
+def _write_shard(path, arrays):
+  with files.atomic_write(path, "wb") as f:
+    np.savez(f, **arrays)
+
+
+def _write_manifest(cache_dir, manifest):
+  files.write_json(os.path.join(cache_dir, MANIFEST), manifest, indent=1)
+
+
+def _clear(cache_dir):
+  for name in os.listdir(cache_dir):
+    if name == MANIFEST or name.endswith(".npz") or ".tmp" in name:
+      os.remove(os.path.join(cache_dir, name))
+
+
+def extractor(network):
+  """`images -> {"embedding": backbone output, "logits": classifier logits [B, C]}` of a
+  network built with `separate_head=True`.
+  """
+  logits = network.head_network(network.features)["logits"]
+  return keras.Model(network.inputs[0], {"embedding": network.features, "logits": logits})
+
+
+@gin.configurable(denylist=["cache_dir", "overwrite"])
+def cache_features(
+  cache_dir,
+  overwrite=False,
+  *,
+  checkpoint=None,
+  epochs=1,
+  shard_size=4096,
+  batch_size=256,
+  dataset=None,
+  split=None,
+  preprocess=None,
+  seed=None,
+  method=None,
+  jit_compile=False,
+  verbose=1,
+):
+  """Builds (or resumes) the feature cache in `cache_dir`.
+
+  Args:
+    cache_dir: output folder (`manifest.json` and `e<epoch>-s<shard>.npz` shards).
+    overwrite: delete a cache built with another configuration and rebuild it.
+    checkpoint: checkpoint folder or training workdir with the pretrained weights
+      (default: `train.warm_start`).
+    epochs: number E of augmented passes over the split.
+    shard_size: examples per shard (the unit of resumption).
+    batch_size: backbone batch size.
+    dataset, split, preprocess, seed, method: default to the `train.*` bindings, so the
+      training config itself builds its cache.
+    jit_compile: XLA-compile the backbone.
+    verbose: print one line per epoch.
+
+  Returns:
+    dict with `path`, `manifest`, `written` and `skipped` shard counts and `seconds`.
+  """
+  start = time.perf_counter()
+  dataset = dataset or _train_binding("dataset")
+  split = split or _train_binding("split", "train")
+  preprocess = _train_binding("preprocess", "") if preprocess is None else preprocess
+  seed = _train_binding("seed", 0) if seed is None else seed
+  method = method or _train_binding("method") or Deterministic()
+  method = get_method(method) if isinstance(method, str) else method
+  if not dataset:
+    raise ValueError("No dataset to cache: set train.dataset (or cache_features.dataset).")
+  if str(dataset).startswith("cached:"):
+    raise ValueError(
+      f"train.dataset is {dataset!r}, already a cache: cache_features needs "
+      "the image dataset the cache is built from (set cache_features.dataset)."
+    )
+  if epochs < 1 or shard_size < 1:
+    raise ValueError(
+      f"cache_features.epochs ({epochs}) and shard_size ({shard_size}) must be >= 1."
+    )
+  pre = parse_ops(preprocess)
+  if pre.batch_ops:
+    raise ValueError(
+      f"Preprocessing {preprocess!r} has batch-level ops (mixup, cutmix): they "
+      "mix examples and labels across a batch and cannot be cached per example. "
+      "Remove them from train.preprocess (or set cache_features.preprocess)."
+    )
+  if method.members != 1:
+    raise ValueError(
+      f"Method {method.name!r} tiles the backbone into {method.members} "
+      "members: a cache holds one frozen embedding per image; cache with a "
+      "single-member method (e.g. deterministic or url)."
+    )
+  source = get_source(dataset)
+  n = source.num_examples(split)
+  ckpt = checkpoint_info(resolve_checkpoint(checkpoint or _train_binding("warm_start")))
+  key = {
+    "format_version": FORMAT_VERSION,
+    "dataset": dataset,
+    "split": split,
+    "num_examples": n,
+    "preprocess": preprocess,
+    "epochs": int(epochs),
+    "seed": int(seed),
+    "shard_size": int(shard_size),
+    "backbone": backbone_config(),
+    "checkpoint_sha256": ckpt["sha256"],
+  }
+
+  os.makedirs(cache_dir, exist_ok=True)
+  cache_dir = os.path.abspath(cache_dir)
+  old = read_manifest(cache_dir)
+  if old is not None and old.get("key") != key:
+    if not overwrite:
+      diff = "\n  ".join(_describe_diff(old.get("key", {}), key))
+      raise StaleCacheError(
+        f"Feature cache {cache_dir} was built with a different configuration:\n  {diff}\n"
+        "It was left untouched. Choose a new --workdir for this configuration, or pass "
+        "--overwrite to delete it and rebuild it here."
+      )
+    log.warning("Overwriting the stale feature cache %s", cache_dir)
+    _clear(cache_dir)
+    old = None
+  elif old is None and any(x.endswith(".npz") for x in os.listdir(cache_dir)):
+    if not overwrite:
+      raise StaleCacheError(
+        f"{cache_dir} holds shards but no {MANIFEST}: not a cache this "
+        "code wrote. Choose a new --workdir, or pass --overwrite."
+      )
+    _clear(cache_dir)
+  leftovers = [x for x in os.listdir(cache_dir) if ".tmp" in x]
+  for name in leftovers:  # Shards of a writer that was killed: redone below.
+    os.remove(os.path.join(cache_dir, name))
+  if leftovers:
+    log.warning("Removed %d partial file(s) of an interrupted run: %s", len(leftovers), leftovers)
+
+  network = build_network(
+    method, source.num_classes, source.image_shape, freeze_backbone=True, separate_head=True
+  )
+  loaded = load_pretrained(network, ckpt["path"])
+  log.info("Cache backbone from %s: %s", ckpt["path"], loaded)
+  manifest = {
+    "format_version": FORMAT_VERSION,
+    "key": key,
+    "checkpoint": ckpt,
+    "method": method.name,
+    "num_classes": source.num_classes,
+    "image_shape": list(source.image_shape),
+    "embedding_dim": int(network.features.shape[-1]),
+    "gin_config": gin.config_str(),
+    "complete": False,
+  }
+  if old is None:
+    _write_manifest(cache_dir, manifest)
+  todo = set(missing_shards(cache_dir, manifest))
+  total = epochs * num_shards(n, shard_size)
+  if todo:
+    _run(
+      extractor(network),
+      source,
+      split,
+      pre,
+      seed,
+      epochs,
+      shard_size,
+      batch_size,
+      cache_dir,
+      todo,
+      jit_compile,
+      verbose,
+    )
+  manifest["complete"] = True
+  manifest["seconds"] = (old or {}).get("seconds", 0.0) + time.perf_counter() - start
+  _write_manifest(cache_dir, manifest)
+  return {
+    "path": cache_dir,
+    "manifest": manifest,
+    "written": len(todo),
+    "skipped": total - len(todo),
+    "seconds": time.perf_counter() - start,
+  }
+
+
+def _run(
+  model,
+  source,
+  split,
+  pre,
+  seed,
+  epochs,
+  shard_size,
+  batch_size,
+  cache_dir,
+  todo,
+  jit_compile,
+  verbose,
+):
+  """Runs the backbone over the missing shards, epoch by epoch, writing each when full."""
+  forward = tf.function(
+    lambda x: model(x, training=False), jit_compile=jit_compile, reduce_retracing=True
+  )  # The last batch of a shard is smaller.
+  n = source.num_examples(split)
+  for e in range(epochs):
+    pending = [s for s in range(num_shards(n, shard_size)) if shard_name(e, s) in todo]
+    if not pending:
+      continue
+    t0 = time.perf_counter()
+    wanted = tf.constant(pending, tf.int64)
+    epoch_rng = tf.constant([seed, e], tf.int64)
+
+    def prepare(index, ex, epoch_rng=epoch_rng):
+      ex = dict(ex, _rng=tf.random.experimental.stateless_fold_in(epoch_rng, index))
+      ex = pre.example_fn(ex)
+      return {"image": tf.cast(ex["image"], tf.float32), "label": ex["label"], "index": index}
+
+    ds = (
+      source.load(split)
+      .enumerate()
+      .filter(lambda i, _, w=wanted: tf.reduce_any(tf.equal(i // shard_size, w)))
+    )
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    buffer = {k: [] for k in ("embedding", "logits", "label", "index")}
+
+    # Writes every complete shard below example index `upto` (binds this epoch's buffer).
+    def flush(upto, buffer=buffer, e=e):
+      index = np.concatenate(buffer["index"]) if buffer["index"] else np.zeros(0, np.int64)
+      while index.size:
+        s = int(index[0]) // shard_size
+        end = min((s + 1) * shard_size, n)
+        if upto < end:
+          break
+        take = index < end
+        arrays = {k: np.concatenate(v) for k, v in buffer.items()}
+        _write_shard(
+          os.path.join(cache_dir, shard_name(e, s)), {k: a[take] for k, a in arrays.items()}
+        )
+        for k, a in arrays.items():
+          buffer[k] = [a[~take]]
+        index = index[~take]
+
+    for batch in ds:
+      out = forward(batch["image"])
+      logits = out["logits"]
+      buffer["embedding"].append(np.asarray(out["embedding"], np.float32))
+      buffer["logits"].append(
+        np.asarray(logits[:, 0] if logits.shape.rank == 3 else logits, np.float32)
+      )
+      buffer["label"].append(batch["label"].numpy())
+      buffer["index"].append(batch["index"].numpy())
+      flush(int(batch["index"][-1]) + 1)
+    flush(n)
+    if verbose:
+      log.info(
+        "cache epoch %d/%d: %d shard(s) in %.1fs",
+        e + 1,
+        epochs,
+        len(pending),
+        time.perf_counter() - t0,
+      )
+
+
+# ------------------------------------------------------------------ training from a cache
+
+
+def build_cached_network(method, source):
+  """The full network for training on `cached:` data: backbone (weights from the
+  manifest's checkpoint, frozen) + head as `network.head_network`, which is what trains.
+
+  Refuses a gin config whose backbone differs from the cache's, or a checkpoint that
+  changed since the cache was built, since the export would not be the cached model.
+  """
+  manifest = source.manifest
+  diff = _describe_diff(manifest["key"]["backbone"], backbone_config())
+  if diff:
+    raise StaleCacheError(
+      f"The backbone config differs from the one feature cache {source.path} was built "
+      "with:\n  " + "\n  ".join(diff) + "\nUse the gin config the cache was built with "
+      "(its manifest.json keeps it under 'gin_config'), or build a new cache."
+    )
+  ckpt = manifest["checkpoint"]
+  if not os.path.exists(ckpt["path"]):
+    raise FileNotFoundError(
+      f"Checkpoint {ckpt['path']} of feature cache {source.path} is "
+      "gone: the full network (for evaluation and export) needs it."
+    )
+  if file_sha256(os.path.join(ckpt["path"], "variables.npz")) != ckpt["sha256"]:
+    raise StaleCacheError(
+      f"Checkpoint {ckpt['path']} changed since feature cache "
+      f"{source.path} was built from it: rebuild the cache (--overwrite)."
+    )
+  network = build_network(
+    method,
+    source.num_classes,
+    tuple(manifest["image_shape"]),
+    freeze_backbone=True,
+    separate_head=True,
+  )
+  if network.features.shape[-1] != source.image_shape[0]:
+    raise StaleCacheError(
+      f"The backbone gives {network.features.shape[-1]}-d embeddings, the "
+      f"cache holds {source.image_shape[0]}-d ones: rebuild the cache."
+    )
+  report = load_pretrained(network, ckpt["path"])
+  log.info("Cached training: backbone and head from %s (%s)", ckpt["path"], report)
+  _check_classifier(network.head_network, source)
+  return network
+
+
+def _check_classifier(head, source, count=64):
+  """Warns when the head's initial logits are not the cached ones (the classifier was not
+  initialised from the cache's checkpoint, e.g. its layer names differ).
+  """
+  a = source.epochs()
+  emb, cached = a["embedding"][0, :count], a["logits"][0, :count]
+  logits = np.asarray(head(emb, training=False)["logits"])
+  logits = logits[:, 0] if logits.ndim == 3 else logits
+  gap = float(np.max(np.abs(logits - cached))) if logits.shape == cached.shape else np.inf
+  if gap > 1e-3 * max(1.0, float(np.max(np.abs(cached)))):
+    log.warning(
+      "The head's classifier logits differ from the cached ones by %.3g: it was "
+      "not initialised from the cache's checkpoint (layer names differ?).",
+      gap,
+    )
+
+
+def cached_training_args(source, preprocess, warm_start):
+  """(preprocess, warm_start) for training on a cache: its augmentations are already in
+  the cache, and the weights of its checkpoint are already in the network.
+  """
+  key = source.manifest["key"]
+  if preprocess and preprocess != key["preprocess"]:
+    raise StaleCacheError(
+      f"train.preprocess is {preprocess!r}, but feature cache {source.path} holds "
+      f"{key['epochs']} epoch(s) preprocessed with {key['preprocess']!r}: build a cache with "
+      "the new preprocessing (new --workdir for `python -m keras_unc cache`), or set train.preprocess "
+      f"to {key['preprocess']!r} or ''."
+    )
+  if warm_start and resolve_checkpoint(warm_start) == source.manifest["checkpoint"]["path"]:
+    warm_start = None  # Already loaded by `build_cached_network`.
+  return "", warm_start

@@ -1,0 +1,206 @@
+"""`TrainModel`: wraps the network for `fit`, taking the per-example loss from the method.
+
+Its train step checks loss, gradients and parameters for NaN/Inf (also under XLA) and
+applies the NaN policy.
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+NAN_POLICIES = ("stop", "skip_batch")
+NONFINITE_LOSS, NONFINITE_GRADS, NONFINITE_PARAMS = 1, 2, 4
+
+
+def describe_nonfinite(bits):
+  """'loss, gradients' for a NONFINITE_* bit mask."""
+  names = [
+    n
+    for b, n in (
+      (NONFINITE_LOSS, "loss"),
+      (NONFINITE_GRADS, "gradients"),
+      (NONFINITE_PARAMS, "parameters"),
+    )
+    if int(bits) & b
+  ]
+  return ", ".join(names) or "loss"
+
+
+def _all_finite(tensors):
+  flags = [
+    tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None and t.dtype.is_floating
+  ]
+  return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
+
+
+def _all_replicas(*flags, after=()):
+  # Every replica must decide alike (skip, stop): AND each flag over replicas, in one
+  # all-reduce that runs `after` the optimizer's (collectives must run in the same order
+  # on every replica).
+  ctx = tf.distribute.get_replica_context()
+  if ctx is None or ctx.num_replicas_in_sync == 1:
+    return flags
+  with tf.control_dependencies(list(after)):
+    local = 1.0 - tf.cast(tf.stack(flags), tf.float32)
+  return tf.unstack(ctx.all_reduce(tf.distribute.ReduceOp.SUM, local) < 0.5)
+
+
+def _unscale(loss):
+  replicas = tf.distribute.get_strategy().num_replicas_in_sync
+  return loss * replicas if replicas > 1 else loss
+
+
+def _replica_scale(loss):
+  # Keras all-reduces gradients with SUM across replicas: each replica's mean loss
+  # is divided by the replica count so the update equals the global-batch mean's.
+  replicas = tf.distribute.get_strategy().num_replicas_in_sync
+  return loss / replicas if replicas > 1 else loss
+
+
+class TrainModel(keras.Model):
+  """`fit`-able wrapper: forwards to the network, loss from `method.loss`.
+
+  Args:
+    network: the functional network from `build_network`.
+    method: the method supplying the per-example loss.
+    nan_policy: "stop" or "skip_batch" for non-finite steps (see `train_step`).
+  """
+
+  def __init__(self, network, method, nan_policy="stop", **kwargs):
+    super().__init__(**kwargs)
+    if nan_policy not in NAN_POLICIES:
+      raise ValueError(
+        f"Unknown train.nan_policy {nan_policy!r}: choose one of "
+        f"{', '.join(map(repr, NAN_POLICIES))}."
+      )
+    self.network = network
+    self.method = method
+    method.attach(network)
+    self.nan_policy = nan_policy
+    self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+    # Non-finite bookkeeping, written inside the (possibly XLA-compiled) train step where
+    # tf.debugging.check_numerics is silent: first bad step (-1: none), what was
+    # non-finite (NONFINITE_* bits) and how many batches `skip_batch` dropped.
+    counter = dict(trainable=False, aggregation="only_first_replica")
+    self.nonfinite_step = keras.Variable(-1, dtype="int64", name="nonfinite_step", **counter)
+    self.nonfinite_what = keras.Variable(0, dtype="int32", name="nonfinite_what", **counter)
+    self.skipped_batches = keras.Variable(0, dtype="int64", name="skipped_batches", **counter)
+
+  def call(self, images, training=False):
+    return self.network(images, training=training)
+
+  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    # Keras MEAN-reduces a first (images, labels) batch only to learn its shapes; the
+    # MultiWorkerMirroredStrategy cannot reduce a nest (and needs no collective for
+    # shapes), so this worker's local values stand in. fit() rewinds the iterator after.
+    strategy = self.distribute_strategy
+    if iterator is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+      for _, _, it in iterator:
+        data_batch = tf.nest.map_structure(
+          lambda v: strategy.experimental_local_results(v)[0], next(it)
+        )
+        break
+      iterator = None
+    super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+  def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    loss = _replica_scale(ops.mean(self.method.train_loss(x, y, y_pred)))
+    for extra in self.losses:  # Regularisers of the layers, already replica-scaled.
+      loss = loss + self._aggregate_additional_loss(extra)
+    return loss
+
+  def compute_metrics(self, x, y, y_pred, sample_weight=None):
+    labels = y if len(y.shape) == 1 else ops.argmax(y, axis=-1)
+    predicted = ops.argmax(y_pred["probs"], axis=-1)
+    self.accuracy_tracker.update_state(
+      ops.cast(ops.equal(ops.cast(labels, "int32"), ops.cast(predicted, "int32")), "float32")
+    )
+    logs = self.get_metrics_result()
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+      # Keras MEAN-reduces every log along axis 0 under this strategy, which fails on a
+      # scalar: give each one that axis (the reduced logs are scalars again).
+      logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
+
+  def train_step(self, data):
+    """Keras' TF train step plus non-finite checks that also work under `jit_compile=True`.
+
+    `stop`: the update is applied and the first step whose loss, gradients or updated
+    parameters are non-finite is recorded (`callbacks.NanGuard` stops there, before any
+    save). `skip_batch`: a batch with a non-finite loss or gradient changes no weight, no
+    optimizer slot and no float layer state (BatchNorm statistics, GP precision); only
+    the step counter advances (it is the data position). Non-finite parameters cannot be
+    skipped past and always stop.
+    """
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    skip = self.nan_policy == "skip_batch"
+    opt = self.optimizer
+    tvars = self.trainable_weights
+    step = tf.cast(opt.iterations, tf.int64) + 1  # 1-based number of this update.
+    if skip:
+      params_ok = _all_finite([tf.convert_to_tensor(v) for v in tvars])
+      # Everything a step may change except the step counter: restored after the update
+      # where the batch was non-finite (no cond: collectives inside one break replicas).
+      revert = [
+        v
+        for v in (
+          list(self.network.non_trainable_variables)
+          + list(tvars)
+          + [w for w in opt.variables if w is not opt.iterations]
+        )
+        if "float" in str(v.dtype)
+      ]
+      saved = [tf.identity(tf.convert_to_tensor(v)) for v in revert]
+    with tf.GradientTape() as tape:
+      y_pred = self(x, training=True)
+      loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+      scaled = opt.scale_loss(loss)
+    grads = tape.gradient(scaled, tvars)
+    loss_ok, grads_ok = tf.math.is_finite(loss), _all_finite(grads)
+    batch = tf.shape(tf.nest.flatten(x)[0])[0]
+    weight = tf.cast(batch, loss.dtype)
+    if skip:
+      opt.apply_gradients(zip(grads, tvars))
+      params_ok, loss_ok, grads_ok = _all_replicas(
+        params_ok, loss_ok, grads_ok, after=[tf.convert_to_tensor(v) for v in tvars[:1]]
+      )
+      ok = tf.logical_and(loss_ok, grads_ok)
+      weight = weight * tf.cast(ok, loss.dtype)
+      self._restore_where_not(ok, revert, saved)
+      self.skipped_batches.assign_add(tf.cast(tf.logical_not(ok), tf.int64))
+    else:
+      opt.apply_gradients(zip(grads, tvars))
+      params_ok = _all_finite([tf.convert_to_tensor(v) for v in tvars])
+      params_ok, loss_ok, grads_ok = _all_replicas(params_ok, loss_ok, grads_ok)
+      ok = tf.logical_and(tf.logical_and(loss_ok, grads_ok), params_ok)
+    fatal = tf.logical_not(params_ok) if skip else tf.logical_not(ok)
+    bits = (
+      tf.cast(tf.logical_not(loss_ok), tf.int32) * NONFINITE_LOSS
+      + tf.cast(tf.logical_not(grads_ok), tf.int32) * NONFINITE_GRADS
+      + tf.cast(tf.logical_not(params_ok), tf.int32) * NONFINITE_PARAMS
+    )
+    first = tf.logical_and(fatal, self.nonfinite_step < 0)
+    self.nonfinite_step.assign(tf.where(first, step, self.nonfinite_step))
+    self.nonfinite_what.assign(tf.where(first, bits, self.nonfinite_what))
+    shown = tf.where(tf.math.is_finite(loss), loss, tf.zeros_like(loss)) if skip else loss
+    self._loss_tracker.update_state(_unscale(shown), sample_weight=weight)
+    return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+  def _restore_where_not(self, ok, variables, saved):
+    """Puts back `saved` values unless `ok` (per device, like the optimizer's updates: a
+    BatchNorm statistic is a mirrored variable that replica code cannot assign).
+    """
+    tf_vars = [v.value if isinstance(v, keras.Variable) else v for v in variables]
+
+    def restore(distribution, ok, saved):
+      for var, old in zip(tf_vars, saved):
+        distribution.extended.update(
+          var,
+          lambda v, o, k: v.assign(tf.where(k, tf.convert_to_tensor(v), o)),
+          args=(old, ok),
+          group=False,
+        )
+
+    tf.__internal__.distribute.interim.maybe_merge_call(
+      restore, tf.distribute.get_strategy(), ok, saved
+    )

@@ -1,0 +1,287 @@
+"""The one trainer: every method and backbone trains, resumes, evaluates and exports here.
+
+`train(workdir, mode)` builds the strategy, then inside its scope the method, network,
+optimizer and checkpoint state, feeds `distribute_datasets_from_function` input to
+`keras.Model.fit`, runs the evaluators every `eval_every` steps and exports a SavedModel.
+Rerunning the same command resumes from the newest valid checkpoint.
+"""
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import gin
+import keras
+import tensorflow as tf
+
+from keras_unc import config
+from keras_unc.backbones.pretrained import init_from
+from keras_unc.data import errors as data_errors
+from keras_unc.data import get_source, make_dataset
+from keras_unc.evaluators import Evaluator, Predictor
+from keras_unc.evaluators.runner import run_round
+from keras_unc.methods import Deterministic, Method, get_method
+from keras_unc.runtime import best_checkpoint, checkpoints, distribute, preemption, workdir_lock
+from keras_unc.training import callbacks as cbs
+from keras_unc.training import export, feature_cache, optim
+from keras_unc.training.network import build_network
+from keras_unc.training.train_model import TrainModel, describe_nonfinite
+
+log = logging.getLogger(__name__)
+
+MODES = ("train", "eval", "train_and_eval", "export")
+
+
+def _as_float(x, y):
+  return tf.cast(x, tf.float32), y
+
+
+@gin.configurable(denylist=["workdir", "mode"])
+def train(
+  workdir: str,
+  mode: str = "train_and_eval",
+  *,
+  dataset: str = gin.REQUIRED,
+  split: str = "train",
+  preprocess: str = "",
+  batch_size: int = 128,
+  total_steps: int = gin.REQUIRED,
+  eval_every: int | None = None,
+  checkpoint_every: int | None = None,
+  log_every: int = 50,
+  keep_checkpoints: int = 3,
+  method: Method | str | None = None,
+  network: dict[str, Any] | None = None,
+  optimizer: dict[str, Any] | None = None,
+  evaluators: Sequence[Evaluator] = (),
+  eval_batch_size: int = 512,
+  seed: int = 0,
+  steps_per_execution: int = 1,
+  jit_compile: bool = False,
+  deterministic_ops: bool = False,
+  warm_start: str | None = None,
+  adapt_checkpoint: bool = False,
+  export_at_end: bool = True,
+  verbose: int = 1,
+  callbacks: Sequence[keras.callbacks.Callback] = (),
+  nan_policy: str = "stop",
+  eval_metric: str | None = None,
+  eval_metric_mode: str = "max",
+) -> dict[str, Any]:
+  """Trains and/or evaluates and/or exports one model in `workdir`.
+
+  Args:
+    workdir: output folder (checkpoints/, TensorBoard events, metrics.jsonl, export/).
+    mode: one of `MODES`.
+    dataset, split, preprocess: the training source name, split and op string. A feature
+      cache `cached:DIR` (`python -m keras_unc cache`) trains the head alone on cached embeddings;
+      evaluators and the export then use the full network (backbone from the cache's
+      checkpoint + the trained head).
+    batch_size: global batch size (split over replicas).
+    total_steps: training steps.
+    eval_every, checkpoint_every: intervals in steps (default: `total_steps`).
+    log_every: TensorBoard scalar interval.
+    keep_checkpoints: newest checkpoints kept.
+    method: a `keras_unc.methods.Method` or a registered method name (default
+      deterministic).
+    network: keyword arguments of `build_network` (e.g. `backbone`, `image_size`) that win
+      over its gin bindings: the Python way to choose the backbone without gin.
+    optimizer: keyword arguments of `make_optimizer` (e.g. `name`, `learning_rate`) that win
+      over its gin bindings.
+    evaluators: evaluators run every `eval_every` steps and in `mode=eval`.
+    eval_batch_size: batch size of evaluation.
+    seed: seeds initialisation, data order and augmentation.
+    steps_per_execution, jit_compile: passed to `compile`.
+    deterministic_ops: enable TF op determinism (bit-identical resume tests).
+    warm_start: checkpoint folder whose model weights initialise a fresh run.
+    adapt_checkpoint: allow `warm_start` from another method or architecture: variables
+      are matched by layer and weight name, shared weights copied (broadcast over
+      ensemble members), the rest keep their fresh initialisation and are listed.
+    export_at_end: write the SavedModel when training finishes.
+    verbose: Keras progress bar (1) or none (0).
+    callbacks: extra Keras callbacks (e.g. a profiler or a timer).
+    nan_policy: a non-finite loss, gradient or parameter (checked inside the train step,
+      so also under `jit_compile=True`): "stop" (stop, naming the step; the last good
+      checkpoint stays newest) or "skip_batch" (that batch changes nothing; skipped
+      batches are counted and logged).
+    eval_metric: keep the checkpoint of the best evaluation round by this metric (e.g.
+      `avg_downstream_auroc_correct`) in `workdir/best/`, its step and metrics in
+      `workdir/best.json`, and report `best_*` values every round (`best_checkpoint`).
+    eval_metric_mode: "max" or "min": whether a larger `eval_metric` is better.
+
+  Returns:
+    dict with `step`, the last evaluation `metrics`, the `export` path and the `network`.
+  """
+  if mode not in MODES:
+    raise ValueError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
+  os.makedirs(workdir, exist_ok=True)
+  keras.utils.set_random_seed(seed)
+  if deterministic_ops:
+    tf.config.experimental.enable_op_determinism()
+  distribute.set_precision()
+  strategy = distribute.get_strategy()
+  # Only the chief writes workdir; other workers of a multi-worker job write a scratch folder.
+  workdir = distribute.worker_dir(workdir, strategy)
+  # Two runs never write one workdir (released by the kernel if this process dies).
+  lock = workdir_lock.acquire(workdir, strategy) if mode in ("train", "train_and_eval") else None
+  replicas = strategy.num_replicas_in_sync
+  method = get_method(method) if isinstance(method, str) else (method or Deterministic())
+  multiple = replicas * method.batch_multiple
+  if batch_size % multiple:
+    raise ValueError(
+      f"Global batch size {batch_size} is not divisible by {multiple} "
+      f"({replicas} replicas x {method.batch_multiple} required by method "
+      f"{method.name!r}): set train.batch_size to a multiple of {multiple}."
+    )
+  if replicas > 1 and steps_per_execution > 1:
+    # Keras 3.15 cannot run a multi-step loop on distributed iterators.
+    log.warning(
+      "steps_per_execution=%d is not supported with %d replicas; using 1.",
+      steps_per_execution,
+      replicas,
+    )
+    steps_per_execution = 1
+  eval_every = eval_every or total_steps
+  checkpoint_every = checkpoint_every or eval_every
+  # Keras "epochs" are the largest interval that divides every event's period.
+  interval = math.gcd(math.gcd(eval_every, checkpoint_every), total_steps)
+
+  source = get_source(dataset)
+  cached = getattr(source, "manifest", None) is not None  # `cached:DIR`: train the head alone.
+  if cached:
+    preprocess, warm_start = feature_cache.cached_training_args(source, preprocess, warm_start)
+  if cached and network:
+    raise ValueError(
+      f"train(network=...) builds a new backbone, but {dataset} holds the cached features of "
+      "the backbone in its manifest: leave `network` unset when training on a feature cache."
+    )
+  with strategy.scope():
+    if cached:  # Backbone skipped in training; evaluation and export use the full network.
+      full_network = feature_cache.build_cached_network(method, source)
+      network = full_network.head_network
+    else:
+      network = full_network = build_network(
+        method, source.num_classes, source.image_shape, **(network or {})
+      )
+    imported = init_from.import_weights(network)  # Public checkpoint (gin: import_weights.path).
+    model = TrainModel(network, method, nan_policy=nan_policy, name="train_model")
+    optimizer = optim.make_optimizer(total_steps, **(optimizer or {}))
+    model.compile(
+      optimizer=optimizer, steps_per_execution=steps_per_execution, jit_compile=jit_compile
+    )
+    optimizer.build(model.trainable_variables)
+
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), keep_checkpoints)
+  step = _restore(
+    ckpt, network, optimizer, warm_start, mode, method.name, adapt_checkpoint, imported is not None
+  )
+  # Multi-worker: the chief restored; everyone continues from its state and step.
+  step = distribute.sync_from_chief(strategy, network.variables + optimizer.variables, step)
+  writer = tf.summary.create_file_writer(os.path.join(workdir, "train"))
+  eval_writer = tf.summary.create_file_writer(os.path.join(workdir, "eval"))
+  config.save_operative_config(workdir, writer)
+
+  predictor = Predictor(full_network, eval_batch_size)
+  last = {}
+  best = (
+    best_checkpoint.BestCheckpoint(workdir, eval_metric, eval_metric_mode) if eval_metric else None
+  )
+
+  def run_eval(at_step):
+    extra = best and (lambda found: best.update(at_step, found, network, optimizer, ckpt))
+    found = run_round(evaluators, predictor, workdir, eval_writer, at_step, extra=extra)
+    if found:
+      last.clear()
+      last.update(found)
+
+  if mode in ("train", "train_and_eval") and step < total_steps:
+
+    def data_from(start):
+      def input_fn(ctx):
+        return make_dataset(
+          source,
+          split,
+          preprocess,
+          batch_size,
+          train=True,
+          seed=seed,
+          start_step=start,
+          input_context=ctx,
+        ).map(_as_float)
+
+      return strategy.distribute_datasets_from_function(input_fn)
+
+    guard = cbs.NanGuard()
+    saver = cbs.Checkpointing(ckpt, checkpoint_every, total_steps, guard, network)
+    preempt = preemption.install(strategy, ckpt, network, guard)
+    fit_callbacks = [guard, saver, *preempt, cbs.ScalarLogger(writer, log_every, batch_size)]
+    if mode == "train_and_eval":
+      fit_callbacks.append(cbs.Evaluation(run_eval, eval_every, total_steps))
+    fit_args = dict(
+      callbacks=fit_callbacks + method.callbacks() + list(callbacks), verbose=verbose, shuffle=False
+    )  # The pipeline shuffles deterministically.
+    with data_errors.explained(dataset, split, ckpt):  # Corrupt/truncated data: clear error.
+      if step % interval:  # Resumed from a preemption save between two "epochs": catch up.
+        model.fit(data_from(step), epochs=1, steps_per_epoch=interval - step % interval, **fit_args)
+        step = int(optimizer.iterations.numpy())
+      if step < total_steps and guard.bad_step is None and not model.stop_training:
+        model.fit(
+          data_from(step),
+          epochs=total_steps // interval + (total_steps % interval > 0),
+          steps_per_epoch=interval,
+          initial_epoch=step // interval,
+          **fit_args,
+        )
+    if guard.bad_step is not None:
+      good = ckpt.steps()
+      raise cbs.NonFiniteLossError(
+        f"Non-finite training {describe_nonfinite(guard.bad_what)} at step {guard.bad_step}"
+        "; training stopped. The last good "
+        f"checkpoint ({ckpt.path(good[0]) if good else 'none'}) is intact. Lower the learning "
+        "rate, enable make_optimizer.global_clipnorm, or check the input data."
+      )
+    for callback in preempt:
+      callback.check()  # Raises TrainingPreempted after a SIGTERM save.
+    step = int(optimizer.iterations.numpy())
+  elif mode == "eval":
+    run_eval(step)
+
+  export_path = None
+  if mode == "export" or (mode != "eval" and export_at_end and step >= total_steps):
+    export_path = export.export_saved_model(
+      full_network, os.path.join(workdir, "export"), tuple(full_network.inputs[0].shape[1:])
+    )
+  writer.flush()
+  eval_writer.flush()
+  if lock is not None:
+    lock.release()
+  return {"step": step, "metrics": last, "export": export_path, "network": full_network}
+
+
+def _restore(ckpt, network, optimizer, warm_start, mode, method_name, adapt, imported=False):
+  """Restores the newest checkpoint (returning its step) or warm-starts; 0 when fresh."""
+  found = ckpt.load_latest()
+  if found:
+    step, arrays, meta = found
+    checkpoints.check_method(meta, method_name, ckpt.path(step), adapt_allowed=False)
+    checkpoints.restore(network, optimizer, arrays, ckpt.path(step))
+    log.info("Resumed from %s", ckpt.path(step))
+    return step
+  if warm_start:
+    arrays, meta = checkpoints.read(warm_start)
+    if adapt:
+      report = checkpoints.adapt(network.variables, arrays, meta)
+      log.warning("Warm start from %s (adapted): %s", warm_start, report)
+    else:
+      checkpoints.check_method(meta, method_name, warm_start, adapt_allowed=True)
+      checkpoints.assign(network.variables, arrays, "model", warm_start)
+      log.info("Warm start from %s", warm_start)
+  elif mode in ("eval", "export") and not imported:  # only_eval of an imported checkpoint.
+    raise FileNotFoundError(
+      f"--mode={mode} needs a trained checkpoint, but {ckpt.directory} "
+      "has none: train first (--mode=train), or set train.warm_start "
+      "or import_weights.path."
+    )
+  return 0

@@ -1,1 +1,0 @@
-"""Pretrained representation uncertainties (URL benchmark): vMF helpers and losses."""
