@@ -19,6 +19,10 @@ All weight-bearing linear layers are created through factories (see
   `"block{i}_attn_out"` (the four attention projections, each a
   `width -> width` Dense on `[B, T, width]`) and `"block{i}_mlp_dense_1"`
   (`width -> mlp_dim`), `"block{i}_mlp_dense_2"` (`mlp_dim -> width`).
+* with `pooling="map"`, `dense_factory` also builds the multi-head attention pooling head
+  (`block="map_head"`): `"map_head_attn_query"`, `"map_head_attn_key"`,
+  `"map_head_attn_value"`, `"map_head_attn_out"`, `"map_head_mlp_dense_1"`,
+  `"map_head_mlp_dense_2"`.
 
 The attention itself (head split, scaled dot product, softmax) lives in the
 weightless `ScaledDotProductAttention` layer, which is why the projections can
@@ -274,6 +278,42 @@ class ScaledDotProductAttention(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")
+class AttentionProbe(keras.layers.Layer):
+  """A learned query token `[1, 1, D]`, tiled to the batch of its input (big_vision MAPHead).
+
+  `[B, T, D] -> [B, 1, D]`: the input only supplies the batch size and `D`. Initialised with
+  Xavier-uniform as big_vision's `MAPHead` probe.
+
+  Args:
+      initializer: initializer of the `[1, 1, D]` probe.
+      **kwargs: base `keras.layers.Layer` arguments.
+  """
+
+  def __init__(self, initializer="glorot_uniform", **kwargs):
+    super().__init__(**kwargs)
+    self.initializer = keras.initializers.get(initializer)
+
+  def build(self, input_shape):
+    self.probe = self.add_weight(
+      shape=(1, 1, input_shape[-1]),
+      initializer=self.initializer,
+      name="probe",
+    )
+
+  def call(self, inputs):
+    probe = ops.cast(self.probe, inputs.dtype)
+    return ops.tile(probe, (ops.shape(inputs)[0], 1, 1))
+
+  def compute_output_shape(self, input_shape):
+    return (input_shape[0], 1, input_shape[-1])
+
+  def get_config(self):
+    config = super().get_config()
+    config["initializer"] = keras.initializers.serialize(self.initializer)
+    return config
+
+
+@keras.saving.register_keras_serializable(package="keras_unc")
 class TokenPooling(keras.layers.Layer):
   """Pools a token sequence `[B, T, D]` into `[B, D]`.
 
@@ -363,6 +403,12 @@ def _encoder_block(
 
   # MLP branch. Tiny normal bias init as in big_vision's MlpBlock.
   y = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=f"{prefix}_ln_2")(x)
+  y = _mlp(y, width, mlp_dim, dense=dense, prefix=prefix, dropout=dropout)
+  return keras.layers.Add(name=f"{prefix}_add_2")([x, y])
+
+
+def _mlp(y, width, mlp_dim, *, dense, prefix, dropout):
+  """big_vision's MlpBlock: Dense(mlp_dim) -> GELU -> dropout -> Dense(width) -> dropout."""
   y = dense(
     mlp_dim,
     "mlp_dense_1",
@@ -379,8 +425,36 @@ def _encoder_block(
     "mlp_dense_2",
     bias_initializer=keras.initializers.RandomNormal(stddev=1e-6),
   )(y)
-  y = keras.layers.Dropout(dropout, name=f"{prefix}_mlp_dropout_2")(y)
-  return keras.layers.Add(name=f"{prefix}_add_2")([x, y])
+  return keras.layers.Dropout(dropout, name=f"{prefix}_mlp_dropout_2")(y)
+
+
+def _map_head(x, *, width, mlp_dim, num_heads, dense_factory):
+  """Multi-head attention pooling (big_vision `MAPHead`): `[B, T, D] -> [B, 1, D]`.
+
+  A learned probe attends to the tokens (`num_heads` heads, no dropout); then
+  `y + MLP(LayerNorm(y))`.
+  """
+  prefix = "map_head"
+
+  def dense(units, suffix, **kwargs):
+    # Xavier-uniform kernels as big_vision's MAPHead attention and MlpBlock.
+    return dense_factory(
+      units,
+      name=f"{prefix}_{suffix}",
+      block=prefix,
+      kernel_initializer="glorot_uniform",
+      **kwargs,
+    )
+
+  probe = AttentionProbe(name=f"{prefix}_probe")(x)
+  q = dense(width, "attn_query")(probe)
+  k = dense(width, "attn_key")(x)
+  v = dense(width, "attn_value")(x)
+  y = ScaledDotProductAttention(num_heads, name=f"{prefix}_attn")(q, k, v)
+  y = dense(width, "attn_out")(y)
+  z = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=f"{prefix}_ln")(y)
+  z = _mlp(z, width, mlp_dim, dense=dense, prefix=prefix, dropout=0.0)
+  return keras.layers.Add(name=f"{prefix}_add")([y, z])
 
 
 @gin.configurable
@@ -422,8 +496,11 @@ def vit(
           divisible by the patch size.
       num_channels: int. Input channels.
       pooling: `"token"` returns the class token, `"gap"` the mean of all
-          tokens (no class token is created); both after the final
-          LayerNorm.
+          tokens, `"map"` multi-head attention pooling (big_vision
+          `pool_type="map"`: a learned probe attends to the tokens with
+          `num_heads` heads, then a residual LayerNorm + MLP of `mlp_dim`);
+          all after the final LayerNorm; only `"token"` creates a class
+          token.
       posemb: `"learn"` for a trainable embedding (normal, stddev 0.02)
           added after the class token is prepended, so it covers it; or
           `"sincos2d"` for the fixed 2D sine-cosine table of big_vision
@@ -433,7 +510,7 @@ def vit(
       attention_dropout: float. Dropout rate on attention probabilities.
       dense_factory: callable building every Dense layer, see
           `keras_unc.backbones.factories`; called with `block=i` in block
-          `i`.
+          `i` and `block="map_head"` in the MAP head.
       conv_factory: callable building the patch embedding conv
           (`block=None`).
       width, depth, mlp_dim, num_heads, patch_size: optional overrides of
@@ -482,8 +559,8 @@ def vit(
     )
   if width % num_heads:
     raise ValueError(f"width {width} is not divisible by num_heads {num_heads}.")
-  if pooling not in ("token", "gap"):
-    raise ValueError(f"pooling must be 'token' or 'gap', got {pooling!r}.")
+  if pooling not in ("token", "gap", "map"):
+    raise ValueError(f"pooling must be 'token', 'gap' or 'map', got {pooling!r}.")
   if posemb not in ("learn", "sincos2d"):
     raise ValueError(f"posemb must be 'learn' or 'sincos2d', got {posemb!r}.")
   grid = (image_h // patch_h, image_w // patch_w)
@@ -531,8 +608,11 @@ def vit(
       attention_dropout=attention_dropout,
       dense_factory=dense_factory,
     )
-  # big_vision normalises all tokens, then pools (also for "gap").
+  # big_vision normalises all tokens, then pools (also for "gap" and "map").
   x = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="encoder_norm")(x)
+  if pooling == "map":
+    x = _map_head(x, width=width, mlp_dim=mlp_dim, num_heads=num_heads, dense_factory=dense_factory)
+    pooling = "token"  # The attention-pooled token is the only one left.
   x = TokenPooling(pooling, name="pool")(x)
   return keras.Model(inputs, x, name=name)
 

@@ -24,6 +24,7 @@ import gin
 import keras
 import numpy as np
 
+from keras_unc.backbones.pretrained import init_from, npz_import, torch_import, torch_reader
 from keras_unc.runtime import checkpoints as ckpt_lib
 
 
@@ -52,12 +53,14 @@ def load_backbone_weights(backbone, path):
   Matching is by (layer, weight) name; every backbone weight must be found with its
   shape (a missing or mismatched one raises `CheckpointMismatchError` listing them), the
   checkpoint's other weights (its head) are ignored. A `.npz` path is imported with
-  `keras_unc.backbones.pretrained.npz_import.import_npz` (big_vision / vision_transformer names).
+  `keras_unc.backbones.pretrained.npz_import.import_npz` (big_vision / vision_transformer names),
+  a PyTorch file (`.pth`, `.pth.tar`, `.safetensors`, ...: RRL's and SwAV's ResNets, timm
+  ViTs) with `keras_unc.backbones.pretrained.torch_import.import_torch`.
   """
   if str(path).endswith(".npz"):
-    from keras_unc.backbones.pretrained.npz_import import import_npz
-
-    return import_npz(backbone, path)
+    return npz_import.import_npz(backbone, path)
+  if str(path).endswith(init_from.TORCH_SUFFIXES):
+    return torch_import.import_torch(backbone, path)
   stored = stored_by_key(path)
   problems, pairs = [], []
   for var in backbone.variables:
@@ -95,7 +98,9 @@ def cat_backbone(
     members: backbone constructors (gin: `[@m0/vit, @m1/resnet, ...]`, scoped so widths
       and sizes can differ), each called like `build_network` calls a backbone.
     checkpoints: None, or one path per member (None entries allowed): a checkpoint
-      folder or workdir of a network with that backbone, or a public `.npz`; its
+      folder or workdir of a network with that backbone, a public `.npz`, or a PyTorch
+      checkpoint (`.pth`, `.pth.tar`, `.safetensors`: torchvision / RRL / SwAV ResNets,
+      timm ViTs); its
       backbone weights are copied into the member when the network is built (a resumed
       run then restores its own checkpoint over them).
     name: model name.
@@ -139,7 +144,8 @@ class MemberHeads(keras.initializers.Initializer):
   the mean of the members' logits (RRL `cat_weights`).
 
   Args:
-    checkpoints: one checkpoint folder or workdir per member, in `cat_backbone` order.
+    checkpoints: one checkpoint folder or workdir per member, in `cat_backbone` order, or
+      PyTorch checkpoints (their `fc` / `head` classifier).
     part: "kernel" or "bias".
     layer: name of the members' head layer.
   """
@@ -152,7 +158,8 @@ class MemberHeads(keras.initializers.Initializer):
   def values(self):
     found = []
     for path in self.checkpoints:
-      value = stored_by_key(path).get((self.layer, self.part))
+      value = _torch_head(path, self.part) if str(path).endswith(init_from.TORCH_SUFFIXES) else None
+      value = value if value is not None else stored_by_key(path).get((self.layer, self.part))
       if value is None:
         raise ckpt_lib.CheckpointMismatchError(
           f"Checkpoint {path} has no single linear {self.layer}/{self.part}: two-stage "
@@ -176,6 +183,17 @@ class MemberHeads(keras.initializers.Initializer):
 
   def get_config(self):
     return {"checkpoints": self.checkpoints, "part": self.part, "layer": self.layer}
+
+
+def _torch_head(path, part):
+  """The linear classifier of a PyTorch checkpoint (`fc` of a ResNet, `head` of a timm ViT)
+  in our layout: kernel `[D, C]`, bias `[C]`; None when it has none.
+  """
+  state = torch_reader.read_state_dict(path)
+  for name in ("fc", "head", "model.fc", "model.head"):
+    if f"{name}.weight" in state:
+      return state[f"{name}.weight"].T if part == "kernel" else state[f"{name}.bias"]
+  return None
 
 
 @gin.configurable

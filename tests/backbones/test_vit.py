@@ -1,10 +1,16 @@
 """Tests for the ViT backbone (`keras_unc.backbones.vit`)."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
 
+from keras_unc import methods
 from keras_unc.backbones import VIT_VARIANTS, default_conv, default_dense, vit
+from keras_unc.layers.batch_ensemble import DenseBatchEnsemble
+from keras_unc.layers.spectral_norm import SpectralNormalization
+from keras_unc.training.network import build_network
 
 TINY = dict(image_size=16, width=32, depth=2, mlp_dim=64, num_heads=2)
 
@@ -105,6 +111,8 @@ def test_parity_with_keras_hub():
     ("gap", "learn"),
     ("token", "sincos2d"),
     ("gap", "sincos2d"),
+    ("map", "learn"),
+    ("map", "sincos2d"),
   ],
 )
 def test_output_shape(pooling, posemb):
@@ -232,3 +240,143 @@ def test_keras_round_trip(tmp_path, posemb):
   loaded = keras.saving.load_model(path)
   actual = keras.ops.convert_to_numpy(loaded(images, training=False))
   np.testing.assert_allclose(actual, expected, atol=1e-6)
+
+
+# --- MAP head (pooling="map", big_vision MAPHead) -----------------------------------------
+
+MAP_DENSE = (
+  "attn_query",
+  "attn_key",
+  "attn_value",
+  "attn_out",
+  "mlp_dense_1",
+  "mlp_dense_2",
+)
+
+
+def _map_head_params(width, mlp_dim):
+  probe = width
+  attention = 4 * (width * width + width)  # query, key, value, out projections with bias
+  layer_norm = 2 * width
+  mlp = width * mlp_dim + mlp_dim + mlp_dim * width + width
+  return probe + attention + layer_norm + mlp
+
+
+def test_map_head_parameter_count():
+  # ViT-S/16 (D=384, MLP 1536): the MAP head adds 1,774,080 parameters to the GAP model (no
+  # class token in either). The position embedding depends on the image size, but equally
+  # in both models, so 32 px keeps the build cheap.
+  assert _map_head_params(384, 1536) == 1_774_080
+  gap = vit("S/16", image_size=32, pooling="gap")
+  map_ = vit("S/16", image_size=32, pooling="map")
+  assert map_.count_params() - gap.count_params() == 1_774_080
+  assert _num_trainable(map_) - _num_trainable(gap) == 1_774_080
+  assert not any(layer.name == "class_token" for layer in map_.layers)
+
+
+def _gelu(x):
+  from scipy.special import erf
+
+  return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+
+def _layer_norm(x, gamma, beta, eps=1e-6):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def test_map_head_matches_numpy():
+  model = _tiny_vit(pooling="map", num_heads=4)  # width 32, 4 heads of 8, MLP 64
+  rng = np.random.default_rng(7)
+  for weight in model.weights:  # Non-trivial biases and LayerNorm parameters too.
+    weight.assign((0.3 * rng.normal(size=weight.shape)).astype("float32"))
+  images = _images()
+  tokens = keras.Model(model.input, model.get_layer("encoder_norm").output)(images)
+  x = keras.ops.convert_to_numpy(tokens).astype(np.float64)  # [B, T, D]
+
+  def w(name):
+    return [keras.ops.convert_to_numpy(v).astype(np.float64) for v in model.get_layer(name).weights]
+
+  (probe,) = w("map_head_probe")
+  dense = {s: w(f"map_head_{s}") for s in MAP_DENSE}
+  q = probe[0] @ dense["attn_query"][0] + dense["attn_query"][1]  # [1, D]
+  k = x @ dense["attn_key"][0] + dense["attn_key"][1]  # [B, T, D]
+  v = x @ dense["attn_value"][0] + dense["attn_value"][1]
+  heads, head_dim = 4, 8
+  out = np.zeros((x.shape[0], 32))
+  for h in range(heads):
+    cols = slice(h * head_dim, (h + 1) * head_dim)
+    logits = np.einsum("d,btd->bt", q[0, cols], k[:, :, cols]) / np.sqrt(head_dim)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    out[:, cols] = np.einsum("bt,btd->bd", probs, v[:, :, cols])
+  y = out @ dense["attn_out"][0] + dense["attn_out"][1]
+  z = _layer_norm(y, *w("map_head_ln"))
+  z = _gelu(z @ dense["mlp_dense_1"][0] + dense["mlp_dense_1"][1])
+  expected = y + z @ dense["mlp_dense_2"][0] + dense["mlp_dense_2"][1]
+  actual = keras.ops.convert_to_numpy(model(images))
+  np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_map_head_layers_come_from_the_dense_factory():
+  calls = []
+
+  def dense_factory(units, *, name, block=None, **kwargs):
+    calls.append((name, block, units))
+    return default_dense(units, name=name, block=block, **kwargs)
+
+  model = _tiny_vit(pooling="map", dense_factory=dense_factory)
+  head = [(n, u) for n, b, u in calls if b == "map_head"]
+  assert head == [
+    ("map_head_attn_query", 32),
+    ("map_head_attn_key", 32),
+    ("map_head_attn_value", 32),
+    ("map_head_attn_out", 32),
+    ("map_head_mlp_dense_1", 64),  # the ViT's mlp_dim
+    ("map_head_mlp_dense_2", 32),
+  ]
+  built = {layer.name for layer in model.layers if isinstance(layer, keras.layers.Dense)}
+  assert built == {n for n, _, _ in calls}
+
+
+def _all_layers(model):
+  for layer in model.layers:
+    yield layer
+    if isinstance(layer, keras.Model):
+      yield from _all_layers(layer)
+
+
+def test_map_head_with_sngp_and_batchensemble():
+  backbone = functools.partial(vit, **dict(TINY, variant="Ti/4", pooling="map"))
+  images = _images(3)
+
+  net = build_network(methods.SNGP(), 10, (16, 16, 3), backbone=backbone, image_size=16)
+  wrapped = {l.name for l in _all_layers(net) if isinstance(l, SpectralNormalization)}
+  assert {f"map_head_{s}_sn" for s in MAP_DENSE} <= wrapped
+  assert tuple(net(images, training=False)["logits"].shape) == (3, 1, 10)
+
+  net = build_network(
+    methods.BatchEnsemble(ensemble_size=2), 10, (16, 16, 3), backbone=backbone, image_size=16
+  )
+  be = {l.name for l in _all_layers(net) if isinstance(l, DenseBatchEnsemble)}
+  assert {f"map_head_{s}" for s in MAP_DENSE} <= be
+  logits = np.asarray(net(images, training=False)["logits"])
+  assert logits.shape == (3, 2, 10)
+  assert np.abs(logits[:, 0] - logits[:, 1]).max() > 1e-5
+
+
+def test_keras_round_trip_map(tmp_path):
+  model = _tiny_vit(pooling="map")
+  images = _images()
+  expected = keras.ops.convert_to_numpy(model(images, training=False))
+  path = str(tmp_path / "vit_map.keras")
+  model.save(path)
+  loaded = keras.saving.load_model(path)
+  actual = keras.ops.convert_to_numpy(loaded(images, training=False))
+  np.testing.assert_allclose(actual, expected, atol=1e-6)
+
+
+def test_unknown_pooling_error():
+  with pytest.raises(ValueError, match="pooling must be 'token', 'gap' or 'map'"):
+    _tiny_vit(pooling="max")

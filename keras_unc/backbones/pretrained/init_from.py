@@ -19,11 +19,12 @@ import os
 
 import gin
 
-from keras_unc.backbones.pretrained import keras_hub_import, npz_import
+from keras_unc.backbones.pretrained import keras_hub_import, npz_import, torch_import
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "keras_hub") + npz_import.FORMATS
+FORMATS = ("auto", "keras_hub") + npz_import.FORMATS + torch_import.FORMATS
+TORCH_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".bin", ".tar")
 
 
 def _is_preset(path):
@@ -38,14 +39,16 @@ def import_weights(
 
   Args:
     network: the model to initialise.
-    path: a ViT `.npz` (big_vision, vision_transformer, Plex) or a keras-hub preset folder;
-      None does nothing.
-    format: "auto" (a folder with `config.json` is a keras-hub preset, otherwise the
-      `.npz` naming is detected), "big_vision", "vit_npz", "plex" or "keras_hub".
+    path: a ViT `.npz` (big_vision, vision_transformer, Plex), a keras-hub preset folder, or
+      a PyTorch checkpoint (`.safetensors`, `.pth`, `.pth.tar`, `.bin`: timm ViT, URL,
+      torchvision / timm / SwAV ResNet); None does nothing.
+    format: "auto" (a folder with `config.json` is a keras-hub preset, a PyTorch file
+      suffix selects the PyTorch reader, otherwise `.npz`; the naming is then detected) or
+      one of `FORMATS`.
     keep_head: load the checkpoint's linear head (`.npz` only; same number of classes)
       instead of the network's freshly initialised head.
     resize_posemb: resample a ViT position embedding made for another image size.
-    ignore: fnmatch patterns of `.npz` keys to skip.
+    ignore: fnmatch patterns of checkpoint keys to skip.
     adapt: load a deterministic checkpoint into BatchEnsemble layers (shared weights
       copied, fast weights fresh).
 
@@ -55,7 +58,9 @@ def import_weights(
   if path is None:
     return None
   if format not in FORMATS:
-    raise ValueError(f"Unknown import_weights.format {format!r}: choose one of {FORMATS}.")
+    raise ValueError(
+      f"Unknown import_weights.format {format!r}: choose one of {', '.join(FORMATS)}."
+    )
   if not os.path.exists(path):
     raise FileNotFoundError(f"import_weights.path {path!r} does not exist.")
   if format == "keras_hub" or (format == "auto" and _is_preset(path)):
@@ -67,7 +72,11 @@ def import_weights(
       network, path, adapt=adapt, resize_posemb=resize_posemb
     )
   else:
-    report = npz_import.import_npz(
+    torch_file = format in torch_import.FORMATS or (
+      format == "auto" and path.endswith(TORCH_SUFFIXES)
+    )
+    importer = torch_import.import_torch if torch_file else npz_import.import_npz
+    report = importer(
       network,
       path,
       format,

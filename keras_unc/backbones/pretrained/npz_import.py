@@ -371,6 +371,22 @@ def _posemb_to_ours(value, info, resize, prefix):
   return grid, resized
 
 
+def mismatch_lines(missing, unexpected):
+  """The lines of an import error that list the names on each side (shared by importers)."""
+  lines = []
+  if missing:
+    lines.append(
+      f"Expected by the model but not in the checkpoint ({len(missing)}): "
+      + ", ".join(sorted(missing))
+    )
+  if unexpected:
+    lines.append(
+      f"In the checkpoint but not expected by the model ({len(unexpected)}): "
+      + ", ".join(sorted(unexpected))
+    )
+  return lines
+
+
 def _match(params, arrays, ignore, keep_head, head_names, adapt):
   """Checks the names; returns ({public: array} to load, skipped keys, fresh weights)."""
   expected = {p.public for p in params}
@@ -394,17 +410,7 @@ def _match(params, arrays, ignore, keep_head, head_names, adapt):
         missing.discard(p.public)
         fresh.append(p.public)
   if missing or unexpected:
-    lines = ["The checkpoint does not fit the model."]
-    if missing:
-      lines.append(
-        f"Expected by the model but not in the checkpoint ({len(missing)}): "
-        + ", ".join(sorted(missing))
-      )
-    if unexpected:
-      lines.append(
-        f"In the checkpoint but not expected by the model ({len(unexpected)}): "
-        + ", ".join(sorted(unexpected))
-      )
+    lines = ["The checkpoint does not fit the model.", *mismatch_lines(missing, unexpected)]
     lines.append(
       "Check the format (big_vision / vit_npz / plex), the ViT size (depth, "
       "pooling, posemb, BatchEnsemble blocks) and keep_head; checkpoint keys can "
