@@ -278,10 +278,11 @@ class ScaledDotProductAttention(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")
-class AttentionProbe(keras.layers.Layer):
+class AttentionProbe(ClassToken):
   """A learned query token `[1, 1, D]`, tiled to the batch of its input (big_vision MAPHead).
 
-  `[B, T, D] -> [B, 1, D]`: the input only supplies the batch size and `D`. Initialised with
+  `[B, T, D] -> [B, 1, D]`: the input only supplies the batch size and `D`. The same learned
+  `[1, 1, D]` weight as `ClassToken`, returned instead of prepended; initialised with
   Xavier-uniform as big_vision's `MAPHead` probe.
 
   Args:
@@ -290,27 +291,14 @@ class AttentionProbe(keras.layers.Layer):
   """
 
   def __init__(self, initializer="glorot_uniform", **kwargs):
-    super().__init__(**kwargs)
-    self.initializer = keras.initializers.get(initializer)
-
-  def build(self, input_shape):
-    self.probe = self.add_weight(
-      shape=(1, 1, input_shape[-1]),
-      initializer=self.initializer,
-      name="probe",
-    )
+    super().__init__(initializer, **kwargs)
 
   def call(self, inputs):
-    probe = ops.cast(self.probe, inputs.dtype)
-    return ops.tile(probe, (ops.shape(inputs)[0], 1, 1))
+    token = ops.cast(self.token, inputs.dtype)
+    return ops.tile(token, (ops.shape(inputs)[0], 1, 1))
 
   def compute_output_shape(self, input_shape):
     return (input_shape[0], 1, input_shape[-1])
-
-  def get_config(self):
-    config = super().get_config()
-    config["initializer"] = keras.initializers.serialize(self.initializer)
-    return config
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")
