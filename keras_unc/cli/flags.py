@@ -62,9 +62,8 @@ def start(argv, extra_params=()) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   verbosity = FLAGS["verbosity"]
-  if verbosity.present:  # absl: -1 warnings, 0 info, 1 and above debug.
-    level = {-1: logging.WARNING, 0: logging.INFO}.get(min(verbosity.value, 1), logging.DEBUG)
-    show_library_logs(level if verbosity.value >= -1 else logging.ERROR)
+  if verbosity.present:  # absl's scale (-1 warnings, 0 info, 1 debug) in logging's levels.
+    show_library_logs(absl_logging.converter.absl_to_standard(verbosity.value))
   else:
     show_library_logs(logging.INFO)
     absl_logging.set_verbosity(absl_logging.WARNING)
