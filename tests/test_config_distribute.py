@@ -101,7 +101,7 @@ def test_a_users_gin_file_wins_over_the_shipped_one(tmp_path, monkeypatch):
 def test_value_is_the_binding_else_the_python_default():
   config.parse(["methods/sngp.gin"], ["gp_head.num_inducing = 64"], finalize=False)
   assert config.value("gp_head.num_inducing") == 64  # Bound.
-  assert config.value("gp_head.kernel_scale") == 1.0  # Python default of heads.GaussianProcess.
+  assert config.value("gp_head.kernel_scale") == 20.0  # Python default of heads.GaussianProcess.
   assert config.value("spectral_norm.norm_bound") == 6.0
   with pytest.raises(ValueError, match="no parameter"):
     config.value("gp_head.nope")

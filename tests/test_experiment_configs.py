@@ -59,7 +59,7 @@ def test_every_gin_file_parses(path):
 # per 256 images, `epochs` train_epochs, `warmup_epochs` the linear warmup.
 UB = {
   "deterministic": ("Deterministic", dict(batch=4096, base_lr=0.1, epochs=90, warmup_epochs=5)),
-  "batchensemble": ("BatchEnsemble", dict(batch=1024, base_lr=0.1, epochs=135, warmup_epochs=7)),
+  "batchensemble": ("BatchEnsemble", dict(batch=1024, base_lr=0.1, epochs=135, warmup_epochs=5)),
   "sngp": ("SNGP", dict(batch=4096, base_lr=0.1, epochs=90, warmup_epochs=5)),
   "heteroscedastic": (
     "Heteroscedastic",
@@ -86,11 +86,20 @@ def test_ub_imagenet_schedule_and_data(name):
   assert _q("train.total_steps") == flags["epochs"] * steps_per_epoch
   assert _q("make_optimizer.warmup_steps") == flags["warmup_epochs"] * steps_per_epoch
   assert math.isclose(_q("make_optimizer.learning_rate"), flags["base_lr"] * batch / 256)
-  # SGD, momentum 1 - one_minus_momentum = 0.9, Nesterov; l2 = 1e-4 coupled -> 2e-3.
+  assert _q("train.recipe_global_batch") == batch and _q("train.recipe_lr_scaling") == "linear"
+  # WarmUpPiecewiseConstantSchedule: x0.1 at epochs (train_epochs * [30, 60, 80]) // 90.
+  assert _q("make_optimizer.decay") == "step" and _q("make_optimizer.decay_ratio") == 0.1
+  assert tuple(_q("make_optimizer.decay_boundaries")) == tuple(
+    (flags["epochs"] * e) // 90 * steps_per_epoch for e in (30, 60, 80)
+  )
+  # SGD, momentum 1 - one_minus_momentum = 0.9, Nesterov; l2 = 1e-4 coupled, no decoupled.
   assert _q("make_optimizer.name") == "sgd"
   assert _q("make_optimizer.momentum") == 0.9
   assert _q("make_optimizer.nesterov") is True
-  assert math.isclose(_q("make_optimizer.weight_decay"), 2 * 1e-4 / (1 - 0.9))
+  assert _q("make_optimizer.weight_decay") == 0.0
+  assert _q("train.coupled_l2") == 1e-4 and _q("train.coupled_l2_pattern") == "kernel|bias"
+  be = name in ("batchensemble", "be_sngp")
+  assert (_q("make_optimizer.lr_multipliers") is not None) == be  # fast weights x0.25
   # ResNet-50 at 224 px, images in [0, 1], on TFDS ImageNet.
   assert _q("build_network.backbone").selector == "resnet"
   assert _q("resnet.depth") == 50
@@ -114,6 +123,7 @@ def test_ub_batchensemble():
   assert _q("BatchEnsemble.fast_weight_init") == "normal"
   assert _q("BatchEnsemble.fast_weight_stddev") == 0.5
   assert _q("BatchEnsemble.loss") == "member_ce"
+  assert _q("ensemble.use_ensemble_bn") is False  # batchensemble.py flag default
 
 
 def test_ub_sngp():
@@ -122,7 +132,10 @@ def test_ub_sngp():
   assert _q("spectral_norm.norm_bound") == 6.0
   assert _q("spectral_norm.power_iterations") == 1
   assert _q("gp_head.num_inducing") == 1024
-  assert _q("gp_head.kernel_scale") == 1.0
+  assert _q("gp_head.kernel_scale") == 20.0  # ub_length_scale(gp_scale=1)
+  assert _q("gp_head.random_features") == "orf"
+  assert _q("gp_head.scale_random_features") is False
+  assert _q("gp_head.output_initializer")["config"]["stddev"] == 0.01
   assert _q("gp_head.normalize_input") is False
   assert _q("gp_head.gp_cov_ridge_penalty") == 1.0
   assert _q("gp_head.gp_cov_momentum") == -1.0
@@ -142,6 +155,9 @@ def test_ub_mc_dropout():
   _parse(_ub_path("mc_dropout"))
   assert _q("MCDropout.rate") == 0.05
   assert _q("MCDropout.num_samples") == 10
+  # resnet50_dropout: dropout in every residual block, whole filters (filterwise_dropout).
+  assert _q("MCDropout.placement") == "backbone"
+  assert _q("MCDropout.filterwise") is True
 
 
 def test_ub_hetsngp():
@@ -149,6 +165,11 @@ def test_ub_hetsngp():
   assert _q("het_head.num_factors") == 15
   assert _q("het_head.temperature") == 1.25
   assert _q("het_head.train_mc_samples") == 5000
+  assert _q("het_head.share_samples_across_batch") is True
+  assert _q("HetSNGP.inference") == "edward2"
+  assert _q("HetSNGP.sngp_var_weight") == 1.0 and _q("HetSNGP.het_var_weight") == 1.0
+  assert _q("gp_head.kernel_scale") == 20.0 and _q("gp_head.random_features") == "orf"
+  assert _q("gp_head.l2_reg") == 1e-6
   assert _q("spectral_norm.norm_bound") == 6.0
   assert _q("gp_head.num_inducing") == 1024
   assert _q("gp_head.normalize_input") is False
@@ -161,6 +182,7 @@ def test_ub_be_sngp():
   _parse(_ub_path("be_sngp"))
   assert _q("ensemble.ensemble_size") == 4
   assert _q("ensemble.fast_weight_init") == "ones"  # random_sign_init = 1.0
+  assert _q("ensemble.use_ensemble_bn") is True  # sngp_batchensemble.py flag default
   # use_spec_norm = False: the modifier normalises neither layer kind.
   assert _q("spectral_norm.dense") is False
   assert _q("spectral_norm.conv") is False

@@ -50,4 +50,76 @@ def test_bad_optimizer_inputs_are_clear():
   with pytest.raises(ValueError, match="finite"):
     make_optimizer(100, learning_rate=float("nan"))
   with pytest.raises(ValueError, match="cosine"):
+    WarmupDecay(1.0, 10, decay="exponential")
+  with pytest.raises(ValueError, match="needs make_optimizer.decay_boundaries"):
     WarmupDecay(1.0, 10, decay="step")
+  with pytest.raises(ValueError, match="increasing positive"):
+    WarmupDecay(1.0, 10, decay="step", decay_boundaries=(6, 3))
+  with pytest.raises(ValueError, match="only used by decay='step'"):
+    WarmupDecay(1.0, 10, decay="cosine", decay_boundaries=(3,))
+  with pytest.raises(ValueError, match="warmup_start_lr"):
+    make_optimizer(100, warmup_start_lr=-1.0)
+
+
+def _ub_warmup_piecewise_constant(
+  step, steps_per_epoch, base_lr, decay_ratio, decay_epochs, warmup_epochs
+):
+  """NumPy transcription of uncertainty-baselines' `schedules.WarmUpPiecewiseConstantSchedule`
+  (google/uncertainty-baselines uncertainty_baselines/schedules.py, used by every
+  baselines/imagenet script; the same as baselines/cifar/utils.LearningRateSchedule)."""
+  lr_epoch = np.float32(step) / np.float32(steps_per_epoch)
+  lr = base_lr
+  if warmup_epochs >= 1:
+    lr = lr * lr_epoch / warmup_epochs
+  for index, start_epoch in enumerate([warmup_epochs, *decay_epochs]):
+    lr = np.where(lr_epoch >= start_epoch, base_lr * decay_ratio**index, lr)
+  return float(lr)
+
+
+@pytest.mark.parametrize("train_epochs,steps_per_epoch", [(90, 312), (200, 312), (135, 1251)])
+def test_step_decay_matches_uncertainty_baselines(train_epochs, steps_per_epoch):
+  base = 0.1 * 4096 / 256
+  decay_epochs = [(train_epochs * e) // 90 for e in (30, 60, 80)]
+  ours = WarmupDecay(
+    base,
+    total_steps=train_epochs * steps_per_epoch,
+    warmup_steps=5 * steps_per_epoch,
+    decay="step",
+    decay_boundaries=[e * steps_per_epoch for e in decay_epochs],
+    decay_ratio=0.1,
+  )
+  steps = [0, 1, 777, train_epochs * steps_per_epoch]
+  for edge in [5, *decay_epochs]:
+    steps += [edge * steps_per_epoch + d for d in (-1, 0, 1)]
+  for step in steps:
+    want = _ub_warmup_piecewise_constant(step, steps_per_epoch, base, 0.1, decay_epochs, 5)
+    assert float(ours(step)) == pytest.approx(want, rel=1e-6, abs=1e-9), step
+  # The boundaries really decay (guards against a transcription that is constant too).
+  b = decay_epochs[0] * steps_per_epoch
+  assert float(ours(b - 1)) == pytest.approx(base) and float(ours(b)) == pytest.approx(base / 10)
+
+
+def test_warmup_start_lr_by_hand():
+  # timm: lr = warmup_lr + t * (base - warmup_lr) / warmup_t during the warmup.
+  s = WarmupDecay(1.0, total_steps=20, warmup_steps=10, decay="constant", warmup_start_lr=0.1)
+  np.testing.assert_allclose(
+    [float(s(t)) for t in (0, 5, 9, 10, 15)], [0.1, 0.55, 0.91, 1.0, 1.0], atol=1e-6
+  )
+  opt = make_optimizer(20, warmup_steps=10, warmup_start_lr=0.1, learning_rate=1.0)
+  assert float(opt._learning_rate(0)) == pytest.approx(0.1)
+
+
+def test_step_schedule_config_roundtrip():
+  s = WarmupDecay(
+    0.4,
+    100,
+    5,
+    "step",
+    decay_boundaries=(30, 60),
+    decay_ratio=0.2,
+    warmup_start_lr=0.01,
+    accumulation_steps=2,
+  )
+  again = WarmupDecay.from_config(s.get_config())
+  assert again.get_config() == s.get_config()
+  assert float(again(2 * 61)) == pytest.approx(0.4 * 0.04)

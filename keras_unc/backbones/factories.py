@@ -33,6 +33,9 @@ def be_dense(units, *, name, block=None, **kwargs):
 model = vit("S/16", dense_factory=be_dense)
 ```
 
+BatchNorm layers (ResNet, Wide ResNet) come from `batchnorm_factory(name=name,
+block=block, **kwargs)` in the same way (`default_batchnorm`).
+
 The layers returned become ordinary layers of a functional `keras.Model`, so
 they must be serialisable (registered with
 `keras.saving.register_keras_serializable`) for `.keras` round trips.
@@ -87,3 +90,28 @@ def default_conv(filters, kernel_size, *, name, block=None, **kwargs):
   """
   del block
   return keras.layers.Conv2D(filters, kernel_size, name=name, **kwargs)
+
+
+def default_batchnorm(*, name, block=None, **kwargs):
+  """Default BatchNorm factory: a plain `keras.layers.BatchNormalization`.
+
+  ResNet and Wide ResNet build every BatchNorm through `batchnorm_factory(name=..., block=...,
+  momentum=..., epsilon=..., gamma_initializer=...)`, with the same `block` as the
+  convolution before it (`None` for the stem and the Wide ResNet's final BatchNorm), so a
+  method can swap it (BatchEnsemble's per-member BatchNorm, `modifiers.Ensemble`).
+
+  Args:
+      name: str. Layer name, unique within the model.
+      block: str or None. Position of the layer in the backbone; ignored here.
+      **kwargs: forwarded to `keras.layers.BatchNormalization`.
+
+  Returns:
+      A `keras.layers.BatchNormalization` layer.
+
+  Example:
+  ```python
+  layer = default_batchnorm(name="stage1_block1_bn1", block="stage1_block1", epsilon=1e-5)
+  ```
+  """
+  del block
+  return keras.layers.BatchNormalization(name=name, **kwargs)

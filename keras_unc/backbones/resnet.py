@@ -22,6 +22,10 @@ Every `Conv2D` is created by `conv_factory` (see
   `..._conv2`, (`..._conv3` for bottlenecks) and
   `"stage{s}_block{b}_shortcut_conv"` for the projection shortcut.
 
+Every `BatchNormalization` is created by `batchnorm_factory` with the `block` of the
+conv before it (names `"stem_bn"`, `"stage{s}_block{b}_bn{i}"`,
+`"stage{s}_block{b}_shortcut_bn"`), so BatchEnsemble can give each member its own.
+
 Example:
 ```python
 from keras_unc.backbones import resnet
@@ -35,7 +39,7 @@ cifar = resnet(18, image_size=32, stem="cifar")
 import gin
 import keras
 
-from keras_unc.backbones.factories import default_conv
+from keras_unc.backbones.factories import default_batchnorm, default_conv
 
 # depth -> (block type, number of blocks per stage).
 RESNET_DEPTHS = {
@@ -68,6 +72,7 @@ def _conv_bn(
   bn_name,
   block,
   conv_factory,
+  batchnorm_factory,
   bn_momentum,
   bn_epsilon,
   zero_gamma=False,
@@ -90,12 +95,25 @@ def _conv_bn(
     use_bias=False,
     kernel_initializer=_conv_initializer(),
   )(x)
-  return keras.layers.BatchNormalization(
+  return batchnorm_factory(
+    name=bn_name,
+    block=block,
     momentum=bn_momentum,
     epsilon=bn_epsilon,
     gamma_initializer="zeros" if zero_gamma else "ones",
-    name=bn_name,
   )(x)
+
+
+def _dropout(x, rate, filterwise, name):
+  """uncertainty-baselines' `apply_dropout`: always-on dropout (MC dropout), of whole
+  channels (`noise_shape [B, 1, 1, C]`) when `filterwise`; the identity for rate 0.
+  """
+  if not rate:
+    return x
+  from keras_unc.layers.mc_dropout import MCDropout  # Only MC dropout needs it.
+
+  noise_shape = (None, 1, 1, None) if filterwise else None
+  return MCDropout(rate, noise_shape=noise_shape, name=name)(x)
 
 
 def _residual_block(
@@ -107,20 +125,29 @@ def _residual_block(
   width,
   block,
   conv_factory,
+  batchnorm_factory,
   zero_init_residual,
   bn_momentum,
   bn_epsilon,
+  dropout_rate,
+  filterwise_dropout,
 ):
-  """A basic or bottleneck (v1.5) residual block."""
+  """A basic or bottleneck (v1.5) residual block; with `dropout_rate`, MC dropout after
+  every ReLU inside the block and after the projection shortcut (ub `resnet50_dropout`).
+  """
   expansion = _BOTTLENECK_EXPANSION if bottleneck else 1
   mid_channels = _channels(filters, width)
   out_channels = _channels(expansion * filters, width)
   common = dict(
     block=block,
     conv_factory=conv_factory,
+    batchnorm_factory=batchnorm_factory,
     bn_momentum=bn_momentum,
     bn_epsilon=bn_epsilon,
   )
+
+  def drop(y, suffix):
+    return _dropout(y, dropout_rate, filterwise_dropout, f"{block}_{suffix}")
 
   def conv_bn(y, channels, kernel_size, stride, index, zero_gamma=False):
     return _conv_bn(
@@ -145,19 +172,20 @@ def _residual_block(
       bn_name=f"{block}_shortcut_bn",
       **common,
     )
+    shortcut = drop(shortcut, "shortcut_dropout")
 
   if bottleneck:
     y = conv_bn(x, mid_channels, 1, 1, 1)
-    y = keras.layers.Activation("relu", name=f"{block}_relu1")(y)
+    y = drop(keras.layers.Activation("relu", name=f"{block}_relu1")(y), "dropout1")
     # v1.5: the stride is in the 3x3 conv.
     y = conv_bn(y, mid_channels, 3, strides, 2)
-    y = keras.layers.Activation("relu", name=f"{block}_relu2")(y)
+    y = drop(keras.layers.Activation("relu", name=f"{block}_relu2")(y), "dropout2")
     # Zero-initialised last BN gamma makes the block start as identity
     # (Goyal et al., 2017, https://arxiv.org/abs/1706.02677).
     y = conv_bn(y, out_channels, 1, 1, 3, zero_gamma=zero_init_residual)
   else:
     y = conv_bn(x, mid_channels, 3, strides, 1)
-    y = keras.layers.Activation("relu", name=f"{block}_relu1")(y)
+    y = drop(keras.layers.Activation("relu", name=f"{block}_relu1")(y), "dropout1")
     y = conv_bn(y, out_channels, 3, 1, 2, zero_gamma=zero_init_residual)
 
   y = keras.layers.Add(name=f"{block}_add")([shortcut, y])
@@ -178,10 +206,14 @@ def resnet(
   stem="imagenet",
   conv_factory=default_conv,
   dense_factory=None,
+  batchnorm_factory=default_batchnorm,
   zero_init_residual=True,
   bn_momentum=0.9,
   bn_epsilon=1e-5,
+  dropout_rate=0.0,
+  filterwise_dropout=False,
   tile_members=1,
+  tile_train_members=None,
   tile_before_block=None,
   name="resnet",
 ):
@@ -210,13 +242,29 @@ def resnet(
           `keras_unc.backbones.factories`.
       dense_factory: accepted so every method's overrides fit every
           backbone; unused (a ResNet has no hidden Dense layer).
+      batchnorm_factory: callable building every BatchNorm, see
+          `keras_unc.backbones.factories.default_batchnorm` (same `block`
+          as the conv before it).
       zero_init_residual: bool. Initialise the last BN gamma of every
           residual branch to zero.
       bn_momentum: float. Keras BN momentum (0.9 = torch momentum 0.1).
       bn_epsilon: float. BN epsilon.
+      dropout_rate: float in [0, 1). MC dropout, kept on at inference
+          (`keras_unc.layers.mc_dropout.MCDropout`), as uncertainty-baselines'
+          `resnet50_dropout`: after the stem ReLU, after every ReLU inside a
+          residual block and after each projection shortcut's BN (not after
+          the block's last BN or its output ReLU). 0 (default) adds no layer.
+          BatchNorm is unaffected (moving statistics at inference). For S
+          Monte Carlo samples tile the batch (`tile_members=S`,
+          `tile_train_members=1`), as the `mc_dropout` method does.
+      filterwise_dropout: bool. Drop whole channels (one draw per example and
+          channel, `noise_shape [B, 1, 1, C]`, ub's `filterwise_dropout`)
+          instead of single activations.
       tile_members: int. Ensemble size M of BatchEnsemble layers: the batch
           is tiled M times once (`TileMembers`), so the output is
           `[M * B, C]` with member i in rows `[i*B, (i+1)*B)`.
+      tile_train_members: int or None. M in training calls (None: the
+          same); MC dropout trains on one sample (1).
       tile_before_block: None tiles the input images; a block name
           `"stage{s}_block{b}"` tiles the activations entering that block.
       name: str. Name of the returned model.
@@ -239,10 +287,14 @@ def resnet(
     raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}.")
   if width <= 0:
     raise ValueError(f"width must be positive, got {width}.")
+  _check_dropout(dropout_rate)
   block_type, blocks_per_stage = RESNET_DEPTHS[depth]
   if image_size is None or isinstance(image_size, int):
     image_size = (image_size, image_size)
-  bn_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
+  bn_args = dict(
+    bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, batchnorm_factory=batchnorm_factory
+  )
+  tile = dict(members=tile_members, train_members=tile_train_members)
 
   names = [f"stage{s}_block{b + 1}" for s, n in enumerate(blocks_per_stage, 1) for b in range(n)]
   if tile_before_block is not None and tile_before_block not in names:
@@ -253,7 +305,7 @@ def resnet(
   inputs = keras.Input((*image_size, num_channels), name="images")
   x = inputs
   if tile_members > 1 and tile_before_block is None:
-    x = _tile(tile_members)(x)
+    x = _tile(**tile)(x)
   stem_channels = _channels(64, width)
   # ImageNet stem: 7x7/2 conv + 3x3/2 max pool; "cifar" stem: one 3x3/1 conv.
   kernel, stride = (7, 2) if stem == "imagenet" else (3, 1)
@@ -269,6 +321,7 @@ def resnet(
     **bn_args,
   )
   x = keras.layers.Activation("relu", name="stem_relu")(x)
+  x = _dropout(x, dropout_rate, filterwise_dropout, "stem_dropout")
   if stem == "imagenet":
     # torch pads the max pool with -inf; after a ReLU zeros are
     # equivalent and ZeroPadding2D keeps this backend-agnostic.
@@ -280,7 +333,7 @@ def resnet(
   ):
     for index in range(blocks):
       if tile_members > 1 and tile_before_block == f"stage{stage}_block{index + 1}":
-        x = _tile(tile_members)(x)
+        x = _tile(**tile)(x)
       x = _residual_block(
         x,
         filters,
@@ -290,14 +343,24 @@ def resnet(
         block=f"stage{stage}_block{index + 1}",
         conv_factory=conv_factory,
         zero_init_residual=zero_init_residual,
+        dropout_rate=dropout_rate,
+        filterwise_dropout=filterwise_dropout,
         **bn_args,
       )
   x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
   return keras.Model(inputs, x, name=name)
 
 
-def _tile(members):
-  # Imported here: only ensemble methods need it.
+def _check_dropout(rate):
+  if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+    raise ValueError(
+      f"dropout_rate must be a float in [0, 1), got {rate!r}: e.g. 0.05 "
+      "(uncertainty-baselines' ImageNet MC dropout), or 0 for no dropout."
+    )
+
+
+def _tile(members, train_members=None):
+  # Imported here: only ensemble and MC dropout methods need it.
   from keras_unc.layers.batch_ensemble import TileMembers
 
-  return TileMembers(members, name="tile_members")
+  return TileMembers(members, train_members=train_members, name="tile_members")

@@ -19,6 +19,8 @@ All weight-bearing linear layers are created through factories (see
   `"block{i}_attn_out"` (the four attention projections, each a
   `width -> width` Dense on `[B, T, width]`) and `"block{i}_mlp_dense_1"`
   (`width -> mlp_dim`), `"block{i}_mlp_dense_2"` (`mlp_dim -> width`).
+* with `rep_size`, `dense_factory` builds the pre-logits layer `"pre_logits"`
+  (`block="pre_logits"`).
 * with `pooling="map"`, `dense_factory` also builds the multi-head attention pooling head
   (`block="map_head"`): `"map_head_attn_query"`, `"map_head_attn_key"`,
   `"map_head_attn_value"`, `"map_head_attn_out"`, `"map_head_mlp_dense_1"`,
@@ -331,6 +333,45 @@ class TokenPooling(keras.layers.Layer):
     return config
 
 
+@keras.saving.register_keras_serializable(package="keras_unc")
+class GELU(keras.layers.Layer):
+  """GELU activation, exact or tanh-approximated (a settable attribute).
+
+  Exact: `0.5 x (1 + erf(x / sqrt(2)))` (the ViT paper, PyTorch/timm, keras-hub).
+  `approximate=True`: `0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))`, flax's
+  `nn.gelu` default and so what big_vision and vision_transformer checkpoints were trained
+  with. The two differ by up to about 5e-4 per unit. The `.npz` / PyTorch importers set
+  `approximate` to the source's form, so an imported ViT reproduces its source.
+
+  Args:
+      approximate: bool. Use the tanh approximation.
+      **kwargs: base `keras.layers.Layer` arguments.
+
+  Example:
+  >>> GELU(approximate=True)(np.array([1.0], "float32"))  # 0.8412, exact: 0.8413
+
+  Reference: Hendrycks & Gimpel, "Gaussian Error Linear Units (GELUs)", 2016.
+  """
+
+  def __init__(self, approximate=False, **kwargs):
+    super().__init__(**kwargs)
+    if not isinstance(approximate, bool):
+      raise ValueError(
+        f"GELU approximate must be True (tanh form, flax / big_vision) or False (exact, "
+        f"timm / keras-hub), got {approximate!r}."
+      )
+    self.approximate = approximate
+
+  def call(self, inputs):
+    return keras.activations.gelu(inputs, approximate=self.approximate)
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def get_config(self):
+    return {**super().get_config(), "approximate": self.approximate}
+
+
 def _pair(value):
   if isinstance(value, int):
     return (value, value)
@@ -363,6 +404,7 @@ def _encoder_block(
   dropout,
   attention_dropout,
   dense_factory,
+  gelu_approximate,
 ):
   """One pre-norm Transformer encoder block (big_vision `Encoder1DBlock`)."""
   prefix = f"block{index}"
@@ -391,11 +433,11 @@ def _encoder_block(
 
   # MLP branch. Tiny normal bias init as in big_vision's MlpBlock.
   y = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=f"{prefix}_ln_2")(x)
-  y = _mlp(y, width, mlp_dim, dense=dense, prefix=prefix, dropout=dropout)
+  y = _mlp(y, width, mlp_dim, dense=dense, prefix=prefix, dropout=dropout, gelu=gelu_approximate)
   return keras.layers.Add(name=f"{prefix}_add_2")([x, y])
 
 
-def _mlp(y, width, mlp_dim, *, dense, prefix, dropout):
+def _mlp(y, width, mlp_dim, *, dense, prefix, dropout, gelu):
   """big_vision's MlpBlock: Dense(mlp_dim) -> GELU -> dropout -> Dense(width) -> dropout."""
   y = dense(
     mlp_dim,
@@ -403,10 +445,9 @@ def _mlp(y, width, mlp_dim, *, dense, prefix, dropout):
     bias_initializer=keras.initializers.RandomNormal(stddev=1e-6),
   )(y)
   # The activation is a separate layer so factories only build linear maps.
-  # "gelu" is the exact (erf) GELU, as in the ViT paper, PyTorch/timm and
-  # keras-hub. (flax's nn.gelu, used by big_vision, defaults to the tanh
-  # approximation; the two differ by < 1e-3.)
-  y = keras.layers.Activation("gelu", name=f"{prefix}_mlp_gelu")(y)
+  # Exact (erf) GELU by default, as the ViT paper, PyTorch/timm and keras-hub;
+  # `gelu=True` is flax's nn.gelu default (tanh approximation), as big_vision.
+  y = GELU(gelu, name=f"{prefix}_mlp_gelu")(y)
   y = keras.layers.Dropout(dropout, name=f"{prefix}_mlp_dropout_1")(y)
   y = dense(
     width,
@@ -416,7 +457,7 @@ def _mlp(y, width, mlp_dim, *, dense, prefix, dropout):
   return keras.layers.Dropout(dropout, name=f"{prefix}_mlp_dropout_2")(y)
 
 
-def _map_head(x, *, width, mlp_dim, num_heads, dense_factory):
+def _map_head(x, *, width, mlp_dim, num_heads, dense_factory, gelu_approximate):
   """Multi-head attention pooling (big_vision `MAPHead`): `[B, T, D] -> [B, 1, D]`.
 
   A learned probe attends to the tokens (`num_heads` heads, no dropout); then
@@ -441,7 +482,7 @@ def _map_head(x, *, width, mlp_dim, num_heads, dense_factory):
   y = ScaledDotProductAttention(num_heads, name=f"{prefix}_attn")(q, k, v)
   y = dense(width, "attn_out")(y)
   z = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=f"{prefix}_ln")(y)
-  z = _mlp(z, width, mlp_dim, dense=dense, prefix=prefix, dropout=0.0)
+  z = _mlp(z, width, mlp_dim, dense=dense, prefix=prefix, dropout=0.0, gelu=gelu_approximate)
   return keras.layers.Add(name=f"{prefix}_add")([y, z])
 
 
@@ -462,8 +503,14 @@ def vit(
   mlp_dim=None,
   num_heads=None,
   patch_size=None,
+  rep_size=False,
+  gelu_approximate=False,
   tile_members=1,
+  tile_train_members=None,
   tile_before_block=None,
+  batchnorm_factory=None,
+  dropout_rate=0.0,
+  filterwise_dropout=False,
   name="vit",
 ):
   """Builds a Vision Transformer backbone as a functional `keras.Model`.
@@ -472,9 +519,10 @@ def vit(
   kernel = stride = patch size, flattened to tokens; a class token
   prepended if `pooling="token"`; a position embedding; dropout; `depth`
   pre-norm encoder blocks (LayerNorm(eps=1e-6) -> multi-head self-attention
-  -> dropout -> residual; LayerNorm -> Dense(mlp_dim) -> exact GELU ->
-  dropout -> Dense(width) -> dropout -> residual); a final LayerNorm; then
-  pooling. Reference: Dosovitskiy et al., "An Image is Worth 16x16 Words",
+  -> dropout -> residual; LayerNorm -> Dense(mlp_dim) -> GELU (exact, or
+  tanh with `gelu_approximate`) -> dropout -> Dense(width) -> dropout ->
+  residual); a final LayerNorm; then pooling; then, with `rep_size`, a tanh
+  pre-logits layer. Reference: Dosovitskiy et al., "An Image is Worth 16x16 Words",
   https://arxiv.org/abs/2010.11929.
 
   Args:
@@ -503,17 +551,32 @@ def vit(
           (`block=None`).
       width, depth, mlp_dim, num_heads, patch_size: optional overrides of
           the variant's numbers, for tiny test or demo models.
+      rep_size: big_vision's `rep_size`: an int adds a "pre_logits" layer
+          `tanh(Dense(rep_size))` after the pooling (so the output is
+          `[B, rep_size]`), True the same with `rep_size = width`, False or
+          0 (default) none. Built by `dense_factory` (`block="pre_logits"`);
+          kernel LeCun-normal and bias zero, flax's `nn.Dense` defaults.
+      gelu_approximate: bool. The MLPs' GELU: False (default) exact (erf),
+          as the ViT paper, timm and keras-hub; True the tanh approximation,
+          flax's `nn.gelu` default used by big_vision (see `GELU`). The
+          `.npz` and PyTorch importers set it to their source's form.
       tile_members: int. Ensemble size M of BatchEnsemble layers: the batch
           is tiled M times once (`TileMembers`), so the output is
           `[M * B, width]` with member i in rows `[i*B, (i+1)*B)`.
+      tile_train_members: int or None. M in training calls (None: the same).
       tile_before_block: where the tiling happens: None tiles the input
           images, an int `i` the tokens entering encoder block `i` (the
           first block with BatchEnsemble layers; earlier blocks run once).
+      batchnorm_factory, dropout_rate, filterwise_dropout: accepted so a
+          method's overrides reach the ViT with a clear error: a ViT has no
+          BatchNorm (per-member BatchNorm does not apply) and no residual-block
+          MC dropout (use `MCDropout(placement="last_layer")`); must stay
+          None / 0.
       name: str. Name of the returned model.
 
   Returns:
       A `keras.Model` mapping `[B, H, W, num_channels]` float images to
-      `[B, width]` embeddings.
+      `[B, width]` embeddings (`[B, rep_size]` with a pre-logits layer).
 
   Example:
   ```python
@@ -552,6 +615,29 @@ def vit(
   if posemb not in ("learn", "sincos2d"):
     raise ValueError(f"posemb must be 'learn' or 'sincos2d', got {posemb!r}.")
   grid = (image_h // patch_h, image_w // patch_w)
+  if batchnorm_factory is not None:
+    raise ValueError(
+      "A ViT has no BatchNorm, so per-member BatchNorm (ensemble.use_ensemble_bn=True) does "
+      "not apply: set it to False (LayerNorm is shared by the members, as in Plex)."
+    )
+  if dropout_rate or filterwise_dropout:
+    raise ValueError(
+      "MC dropout in residual blocks (dropout_rate / filterwise_dropout, "
+      "MCDropout.placement='backbone') is built by the resnet and wide_resnet backbones "
+      "only; with a ViT use MCDropout.placement='last_layer'."
+    )
+  if isinstance(rep_size, bool):
+    rep_size = width if rep_size else 0
+  if not isinstance(rep_size, int) or rep_size < 0:
+    raise ValueError(
+      f"rep_size must be an int >= 0 or a bool (True: the width {width}), got {rep_size!r}; "
+      "big_vision's ImageNet-1k ViT-S/16 uses True."
+    )
+  if not isinstance(gelu_approximate, bool):
+    raise ValueError(
+      f"gelu_approximate must be True (tanh GELU, flax / big_vision) or False (exact GELU), "
+      f"got {gelu_approximate!r}."
+    )
 
   if tile_before_block is not None and not 0 <= tile_before_block < depth:
     raise ValueError(
@@ -561,7 +647,7 @@ def vit(
   inputs = keras.Input((image_h, image_w, num_channels), name="images")
   x = inputs
   if tile_members > 1 and tile_before_block is None:
-    x = _tile(tile_members)(x)
+    x = _tile(tile_members, tile_train_members)(x)
   # LeCun-normal kernel: the flax nn.Conv default used by big_vision.
   x = conv_factory(
     width,
@@ -585,7 +671,7 @@ def vit(
 
   for index in range(depth):
     if tile_members > 1 and index == tile_before_block:
-      x = _tile(tile_members)(x)
+      x = _tile(tile_members, tile_train_members)(x)
     x = _encoder_block(
       x,
       index,
@@ -595,18 +681,36 @@ def vit(
       dropout=dropout,
       attention_dropout=attention_dropout,
       dense_factory=dense_factory,
+      gelu_approximate=gelu_approximate,
     )
   # big_vision normalises all tokens, then pools (also for "gap" and "map").
   x = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="encoder_norm")(x)
   if pooling == "map":
-    x = _map_head(x, width=width, mlp_dim=mlp_dim, num_heads=num_heads, dense_factory=dense_factory)
+    x = _map_head(
+      x,
+      width=width,
+      mlp_dim=mlp_dim,
+      num_heads=num_heads,
+      dense_factory=dense_factory,
+      gelu_approximate=gelu_approximate,
+    )
     pooling = "token"  # The attention-pooled token is the only one left.
   x = TokenPooling(pooling, name="pool")(x)
+  if rep_size:
+    # big_vision: `nn.tanh(nn.Dense(rep_size, name="pre_logits")(x))`.
+    x = dense_factory(
+      rep_size,
+      name="pre_logits",
+      block="pre_logits",
+      kernel_initializer="lecun_normal",
+      bias_initializer="zeros",
+    )(x)
+    x = keras.layers.Activation("tanh", name="pre_logits_tanh")(x)
   return keras.Model(inputs, x, name=name)
 
 
-def _tile(members):
+def _tile(members, train_members=None):
   # Imported here: only ensemble methods need it.
   from keras_unc.layers.batch_ensemble import TileMembers
 
-  return TileMembers(members, name="tile_members")
+  return TileMembers(members, train_members=train_members, name="tile_members")

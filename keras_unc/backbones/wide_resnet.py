@@ -34,7 +34,8 @@ tiny = wide_resnet(10, 1, image_size=16)  # [B, 64]
 import gin
 import keras
 
-from keras_unc.backbones.factories import default_conv
+from keras_unc.backbones.factories import default_batchnorm, default_conv
+from keras_unc.backbones.resnet import _check_dropout, _dropout, _tile
 
 _GROUP_FILTERS = (16, 32, 64)
 _GROUP_STRIDES = (1, 2, 2)
@@ -53,23 +54,35 @@ def _conv(x, filters, kernel_size, strides, *, name, block, conv_factory):
   )(x)
 
 
-def _bn_relu(x, name, bn_momentum, bn_epsilon, relu_name):
-  x = keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=name)(x)
+def _bn_relu(x, name, bn_momentum, bn_epsilon, relu_name, batchnorm_factory, block):
+  x = batchnorm_factory(name=name, block=block, momentum=bn_momentum, epsilon=bn_epsilon)(x)
   return keras.layers.Activation("relu", name=relu_name)(x)
 
 
-def _basic_block(x, filters, strides, *, block, conv_factory, bn_momentum, bn_epsilon):
-  """Pre-activation basic block (ub `basic_block`, `version=2`)."""
-  bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
+def _basic_block(x, filters, strides, *, block, conv_factory, bn, dropout):
+  """Pre-activation basic block (ub `basic_block`, `version=2`; with dropout ub
+  `wide_resnet_dropout.basic_block`).
+  """
   conv = dict(block=block, conv_factory=conv_factory)
-  y = _bn_relu(x, f"{block}_bn1", relu_name=f"{block}_relu1", **bn)
+  rate, filterwise, residual = dropout
+  everywhere = rate and not residual
+
+  def drop(y, suffix, on):
+    return _dropout(y, rate if on else 0.0, filterwise, f"{block}_{suffix}")
+
+  y = _bn_relu(x, f"{block}_bn1", relu_name=f"{block}_relu1", block=block, **bn)
+  y = drop(y, "dropout1", everywhere)
   y = _conv(y, filters, 3, strides, name=f"{block}_conv1", **conv)
-  y = _bn_relu(y, f"{block}_bn2", relu_name=f"{block}_relu2", **bn)
+  y = drop(y, "residual_dropout", residual)
+  y = _bn_relu(y, f"{block}_bn2", relu_name=f"{block}_relu2", block=block, **bn)
+  y = drop(y, "dropout2", everywhere)
   y = _conv(y, filters, 3, 1, name=f"{block}_conv2", **conv)
+  y = drop(y, "dropout3", everywhere)
   shortcut = x
   if strides != 1 or x.shape[-1] != filters:
     # ub projects the block input itself (not its pre-activation).
     shortcut = _conv(x, filters, 1, strides, name=f"{block}_shortcut_conv", **conv)
+    shortcut = drop(shortcut, "shortcut_dropout", everywhere)
   return keras.layers.Add(name=f"{block}_add")([shortcut, y])
 
 
@@ -82,9 +95,14 @@ def wide_resnet(
   num_channels=3,
   conv_factory=default_conv,
   dense_factory=None,
+  batchnorm_factory=default_batchnorm,
   bn_momentum=0.9,
   bn_epsilon=1e-5,
+  dropout_rate=0.0,
+  filterwise_dropout=False,
+  residual_dropout=False,
   tile_members=1,
+  tile_train_members=None,
   tile_before_block=None,
   name="wide_resnet",
 ):
@@ -103,11 +121,22 @@ def wide_resnet(
       conv_factory: callable building every Conv2D, see `keras_unc.backbones.factories`.
       dense_factory: accepted so every method's overrides fit every backbone; unused (a Wide
           ResNet has no hidden Dense layer).
+      batchnorm_factory: callable building every BatchNorm, see
+          `keras_unc.backbones.factories.default_batchnorm` (`block` of its residual block;
+          None for the final BatchNorm).
       bn_momentum: float. Keras BN momentum (0.9 = Torch momentum 0.1, as ub).
       bn_epsilon: float. BN epsilon (1e-5, as ub).
+      dropout_rate: float in [0, 1). MC dropout kept on at inference, as ub's
+          `wide_resnet_dropout`: after the stem conv, after both BN-ReLUs and the second conv
+          of every block and after each projection shortcut. 0 adds no layer.
+      filterwise_dropout: bool. Drop whole channels (`noise_shape [B, 1, 1, C]`).
+      residual_dropout: bool. ub's `residual_dropout`: dropout only after the first conv of
+          each block's residual branch (and nowhere else).
       tile_members: int. Ensemble size M of BatchEnsemble layers: the batch is tiled M times
           once (`TileMembers`), so the output is `[M * B, 64k]` with member i in rows
           `[i*B, (i+1)*B)`.
+      tile_train_members: int or None. M in training calls (None: the same); MC dropout
+          trains on one sample (1).
       tile_before_block: None tiles the input images; a block name `"stage{s}_block{b}"`
           tiles the activations entering that block.
       name: str. Name of the returned model.
@@ -139,34 +168,32 @@ def wide_resnet(
       f"tile_before_block={tile_before_block!r} is not a block of WRN-{depth}-"
       f"{width_multiplier}: use one of {names}, or None to tile the input."
     )
-  bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
+  _check_dropout(dropout_rate)
+  bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, batchnorm_factory=batchnorm_factory)
+  dropout = (dropout_rate, filterwise_dropout, residual_dropout)
+  tile = dict(members=tile_members, train_members=tile_train_members)
 
   inputs = keras.Input((*image_size, num_channels), name="images")
   x = inputs
   if tile_members > 1 and tile_before_block is None:
-    x = _tile(tile_members)(x)
+    x = _tile(**tile)(x)
   x = _conv(x, 16, 3, 1, name="stem_conv", block=None, conv_factory=conv_factory)
+  x = _dropout(x, 0.0 if residual_dropout else dropout_rate, filterwise_dropout, "stem_dropout")
   for stage, (filters, stride) in enumerate(zip(_GROUP_FILTERS, _GROUP_STRIDES), start=1):
     for index in range(1, blocks + 1):
       block = f"stage{stage}_block{index}"
       if tile_members > 1 and tile_before_block == block:
-        x = _tile(tile_members)(x)
+        x = _tile(**tile)(x)
       x = _basic_block(
         x,
         filters * width_multiplier,
         stride if index == 1 else 1,
         block=block,
         conv_factory=conv_factory,
-        **bn,
+        bn=bn,
+        dropout=dropout,
       )
-  x = _bn_relu(x, "final_bn", relu_name="final_relu", **bn)
+  x = _bn_relu(x, "final_bn", relu_name="final_relu", block=None, **bn)
   # ub: AveragePooling2D(8) + Flatten, the same on its 8x8 final map at 32 px.
   x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
   return keras.Model(inputs, x, name=name)
-
-
-def _tile(members):
-  # Imported here: only ensemble methods need it.
-  from keras_unc.layers.batch_ensemble import TileMembers
-
-  return TileMembers(members, name="tile_members")

@@ -9,7 +9,10 @@ who normalise in the pipeline.
     ds = make_dataset(source, "train[:50000]", "flip_lr", 128, train=True)
 """
 
-from keras_unc.data import cached  # noqa: F401  (registers the `cached:` prefix)
+from keras_unc.data import (
+  cached,  # noqa: F401  (registers the `cached:` prefix)
+  toy,  # noqa: F401  (registers the `toy:` prefix)
+)
 from keras_unc.data.ops import Preprocess, parse_ops, register, registered_ops
 from keras_unc.data.pipeline import make_dataset
 from keras_unc.data.sources import (

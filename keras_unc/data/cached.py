@@ -78,9 +78,11 @@ class CachedSource(Source):
   """Embeddings, logits and labels of a feature cache (build it with `python -m keras_unc cache`).
 
   `image_shape` is `(D,)`, the embedding: a network trained on this source is the head
-  alone. The cached split keeps its name (a cache of "train[:50000]" has a split
-  "train" of 50000 examples; slices of it work as usual). `manifest` is the cache's
-  manifest (backbone, checkpoint, preprocessing, epochs).
+  alone. The cached split keeps its name (a cache of "train[50000:]" has a split
+  "train" of its 10000 examples; slices of it work as usual, relative to the cache), and
+  the split string the cache was built from ("train[50000:]") reads the whole cache, so
+  one gin config serves both the cache and the training from it. `manifest` is the
+  cache's manifest (backbone, checkpoint, preprocessing, epochs).
   """
 
   path: str = ""
@@ -124,8 +126,15 @@ class CachedSource(Source):
   def num_epochs(self) -> int:
     return int(self.manifest["key"]["epochs"])
 
-  def num_examples(self, split: str) -> int:
+  def _bounds(self, split: str) -> tuple[int, int]:
+    built_from = self.manifest["key"]["split"]
+    if split.replace(" ", "") == built_from.replace(" ", ""):  # The whole cache.
+      return 0, int(self.manifest["key"]["num_examples"])
     _, start, stop = parse_split(split, self.split_sizes)
+    return start, stop
+
+  def num_examples(self, split: str) -> int:
+    start, stop = self._bounds(split)
     return stop - start
 
   def epochs(self) -> dict:
@@ -159,7 +168,7 @@ class CachedSource(Source):
     return self._arrays
 
   def _split(self, split: str) -> dict:
-    _, start, stop = parse_split(split, self.split_sizes)
+    start, stop = self._bounds(split)
     a = self.epochs()
     return {
       "embedding": a["embedding"][:, start:stop],

@@ -17,7 +17,8 @@ Randomness is stateless and resumable: `make_dataset` puts a per-example seed
 the stream) and removes it at the end. Each random op splits that seed, so two
 random ops never share a stream. Batch ops (`mixup`, `cutmix`; registered with
 `batched=True`) run after batching on a batch seed derived from the first
-example's `_rng`. Only `randaugment` is NOT stateless (see its docstring).
+example's `_rng`. Only `randaugment` is NOT stateless (see its docstring); `augmix` and
+`random_erasing` are.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import math
 import re
 from collections.abc import Callable
 
@@ -409,6 +411,295 @@ def randaugment(num_ops: int = 2, magnitude: float = 10):
 
   def fn(ex):
     return _with_image(ex, layer(ex["image"]))
+
+  return fn
+
+
+# ----------------------------------------------------------------- AugMix, Random Erasing
+
+# The AugMix operations (Hendrycks et al. 2020, `augmentations.augmentations`): no color,
+# contrast, brightness or sharpness, which overlap with the corruptions of CIFAR-C/ImageNet-C.
+AUGMIX_OPS = (
+  "autocontrast",
+  "equalize",
+  "posterize",
+  "rotate",
+  "solarize",
+  "shear_x",
+  "shear_y",
+  "translate_x",
+  "translate_y",
+)
+_AUGMIX_FILL = 128.0  # Gray where a geometric op leaves the image (ub and timm).
+
+
+def _autocontrast(img, level):
+  """Per channel, maps [min, max] to [0, 255] (PIL `ImageOps.autocontrast`, cutoff 0)."""
+  del level
+  x = tf.cast(img, tf.float32)
+  lo = tf.reduce_min(x, axis=(0, 1), keepdims=True)
+  hi = tf.reduce_max(x, axis=(0, 1), keepdims=True)
+  scaled = (x - lo) * (255.0 / tf.maximum(hi - lo, 1.0))
+  out = tf.where(hi > lo, tf.floor(tf.clip_by_value(scaled, 0.0, 255.0)), x)
+  return tf.cast(out, tf.uint8)
+
+
+def _equalize(img, level):
+  """Per-channel histogram equalisation (PIL `ImageOps.equalize`, as ub's TF version)."""
+  del level
+
+  def channel(c):
+    c = tf.cast(c, tf.int32)
+    histo = tf.histogram_fixed_width(c, [0, 255], nbins=256)
+    nonzero = tf.boolean_mask(histo, histo > 0)
+    step = (tf.reduce_sum(nonzero) - nonzero[-1]) // 255
+    safe = tf.maximum(step, 1)
+    lut = (tf.cumsum(histo) + safe // 2) // safe
+    lut = tf.clip_by_value(tf.concat([[0], lut[:-1]], 0), 0, 255)
+    return tf.where(step > 0, tf.gather(lut, c), c)
+
+  out = tf.map_fn(channel, tf.transpose(img, [2, 0, 1]), fn_output_signature=tf.int32)
+  return tf.cast(tf.transpose(out, [1, 2, 0]), tf.uint8)
+
+
+def _posterize(img, level):
+  """Keeps the top `4 - int(0.4 level)` bits of every pixel."""
+  shift = 8 - (4 - tf.cast(level * 4 / 10, tf.int32))
+  x = tf.cast(img, tf.int32)
+  return tf.cast(tf.bitwise.left_shift(tf.bitwise.right_shift(x, shift), shift), tf.uint8)
+
+
+def _solarize(img, level):
+  """Inverts pixels >= threshold `256 - int(25.6 level)` (PIL `ImageOps.solarize`)."""
+  threshold = 256 - tf.cast(level * 256 / 10, tf.int32)
+  x = tf.cast(img, tf.int32)
+  return tf.cast(tf.where(x < threshold, x, 255 - x), tf.uint8)
+
+
+def _project(img, transform):
+  """Bilinear projective transform (output pixel -> input pixel), gray outside."""
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+    images=tf.cast(img, tf.float32)[None],
+    transforms=tf.cast(tf.reshape(transform, [1, 8]), tf.float32),
+    output_shape=tf.shape(img)[:2],
+    fill_value=_AUGMIX_FILL,
+    interpolation="BILINEAR",
+    fill_mode="CONSTANT",
+  )[0]
+  return tf.saturate_cast(tf.round(out), tf.uint8)
+
+
+def _rotate(img, level):
+  """Rotation by `int(3 level)` degrees (sign drawn by the caller) about the centre."""
+  theta = tf.cast(tf.cast(level * 30 / 10, tf.int32), tf.float32) * (math.pi / 180)
+  h, w = (tf.cast(s - 1, tf.float32) for s in tf.unstack(tf.shape(img)[:2]))
+  cos, sin = tf.cos(theta), tf.sin(theta)
+  dx = (w - (cos * w - sin * h)) / 2
+  dy = (h - (sin * w + cos * h)) / 2
+  return _project(img, tf.stack([cos, -sin, dx, sin, cos, dy, 0.0, 0.0]))
+
+
+def _shear(axis):
+  def op(img, level):
+    s = level * 0.3 / 10
+    z = tf.zeros_like(s)
+    one = tf.ones_like(s)
+    t = [one, s, z, z, one, z, z, z] if axis == "x" else [one, z, z, s, one, z, z, z]
+    return _project(img, tf.stack(t))
+
+  return op
+
+
+def _translate(axis):
+  def op(img, level):
+    size = tf.cast(tf.shape(img)[1 if axis == "x" else 0], tf.float32)
+    # int(level * size / 3 / 10) pixels, keeping the caller's sign.
+    pixels = tf.sign(level) * tf.floor(tf.abs(level) * size / 3 / 10)
+    z = tf.zeros_like(pixels)
+    one = tf.ones_like(pixels)
+    t = [one, z, pixels, z, one, z, z, z] if axis == "x" else [one, z, z, z, one, pixels, z, z]
+    return _project(img, tf.stack(t))
+
+  return op
+
+
+_AUGMIX_FNS = {
+  "identity": lambda img, level: img,
+  "autocontrast": _autocontrast,
+  "equalize": _equalize,
+  "posterize": _posterize,
+  "rotate": _rotate,
+  "solarize": _solarize,
+  "shear_x": _shear("x"),
+  "shear_y": _shear("y"),
+  "translate_x": _translate("x"),
+  "translate_y": _translate("y"),
+}
+_SIGNED = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
+
+
+def _stateless_beta(seed, alpha, shape=()):
+  """Beta(alpha, alpha) draws as G1 / (G1 + G2) of two stateless Gamma(alpha) draws."""
+  g = tf.random.stateless_gamma([2, *shape], seed, alpha=alpha)
+  return g[0] / (g[0] + g[1])
+
+
+@register("augmix")
+def augmix(severity: int = 3, width: int = 3, depth: int = -1, alpha: float = 1.0, ops=None):
+  """AugMix (Hendrycks et al., "AugMix: A Simple Data Processing Method to Improve Robustness
+  and Uncertainty", ICLR 2020): `(1 - m) x + m sum_i w_i chain_i(x)`.
+
+  Each of `width` chains applies `depth` ops (or 1 to 3, drawn per chain, when `depth` is -1)
+  drawn uniformly from `ops` (default `AUGMIX_OPS`), each at a level drawn from
+  `U(0.1, severity)`; rotation, shear and translation get a random sign. Mixing weights
+  `w ~ Dirichlet(alpha, ..., alpha)`, skip weight `m ~ Beta(alpha, alpha)`. Levels as the
+  reference code: rotate `int(3 level)` degrees, shear `0.03 level`, translate
+  `int(level * size / 30)` pixels, posterize to `4 - int(0.4 level)` bits, solarize above
+  `256 - int(25.6 level)`; geometric ops are bilinear and fill with gray (128).
+
+  Works on `[H, W, C]` images in [0, 255] (floats are clipped and rounded: the ops act on
+  uint8 pixels); returns float32 in [0, 255]. Normalising after the op equals the reference's
+  mix of normalised images (the weights sum to 1). Stateless: every draw comes from `_rng`.
+  `ops` may also name `"identity"` (a chain that keeps the image).
+  """
+  ops = tuple(AUGMIX_OPS if ops is None else ([ops] if isinstance(ops, str) else ops))
+  unknown = [o for o in ops if o not in _AUGMIX_FNS]
+  if unknown or not ops:
+    raise ValueError(
+      f"augmix ops {list(ops)}: unknown {unknown or 'none given'}; choose from "
+      f"{sorted(_AUGMIX_FNS)}, e.g. augmix(ops=['rotate', 'equalize'])."
+    )
+  if not isinstance(severity, (int, float)) or not 1 <= severity <= 10:
+    raise ValueError(f"augmix severity must be in [1, 10], got {severity!r}: AugMix uses 3.")
+  if not isinstance(width, int) or width < 1:
+    raise ValueError(f"augmix width must be an int >= 1 chains, got {width!r}: AugMix uses 3.")
+  if not isinstance(depth, int) or not (depth == -1 or depth >= 1):
+    raise ValueError(
+      f"augmix depth must be -1 (1 to 3 ops per chain, drawn) or an int >= 1, got {depth!r}."
+    )
+  if not alpha > 0:
+    raise ValueError(f"augmix alpha must be > 0, got {alpha!r}: AugMix uses 1.")
+  max_depth = 3 if depth == -1 else depth
+  fns = [_AUGMIX_FNS[o] for o in ops]
+  signed = tf.constant([o in _SIGNED for o in ops])
+
+  def apply_op(img, seed):
+    pick, lvl, sign = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    index = tf.random.stateless_uniform([], pick, maxval=len(fns), dtype=tf.int32)
+    level = tf.random.stateless_uniform([], lvl, minval=0.1, maxval=float(severity))
+    negate = tf.logical_and(tf.gather(signed, index), tf.random.stateless_uniform([], sign) < 0.5)
+    level = tf.where(negate, -level, level)
+    branches = [lambda f=f: tf.ensure_shape(f(img, level), img.shape) for f in fns]
+    return branches[0]() if len(fns) == 1 else tf.switch_case(index, branches)
+
+  def fn(ex):
+    ex, seed = _take_rng(ex, "augmix")
+    image = ex["image"]
+    x = image if image.dtype == tf.uint8 else tf.saturate_cast(tf.round(image), tf.uint8)
+    mix_seed, weight_seed, depth_seed, chain_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 4)
+    )
+    m = _stateless_beta(mix_seed, alpha)
+    g = tf.random.stateless_gamma([width], weight_seed, alpha=alpha)
+    weights = g / tf.reduce_sum(g)
+    if depth == -1:
+      depths = tf.random.stateless_uniform([width], depth_seed, minval=1, maxval=4, dtype=tf.int32)
+    else:
+      depths = tf.fill([width], depth)
+    step_seeds = tf.random.experimental.stateless_split(chain_seed, width * max_depth)
+    mix = tf.zeros(tf.shape(x), tf.float32)
+    for i in range(width):
+      chain = x
+      for j in range(max_depth):
+        step = step_seeds[i * max_depth + j]
+        chain = tf.cond(j < depths[i], lambda c=chain, s=step: apply_op(c, s), lambda c=chain: c)
+      mix += weights[i] * tf.cast(chain, tf.float32)
+    out = (1.0 - m) * tf.cast(x, tf.float32) + m * mix
+    return _with_image(ex, tf.ensure_shape(out, image.shape))
+
+  return fn
+
+
+@register("random_erasing")
+def random_erasing(
+  probability: float = 0.5,
+  area=(0.02, 1 / 3),
+  aspect=(0.3, 3.3),
+  mode: str = "const",
+  value: float = 0.0,
+  mean: float = 127.5,
+  std: float = 64.0,
+  attempts: int = 10,
+):
+  """Random Erasing (Zhong et al., "Random Erasing Data Augmentation", AAAI 2020; timm's
+  `RandomErasing`): with `probability`, one rectangle is replaced by a fill.
+
+  Its area is a fraction `U(area)` of the image, its aspect ratio `h / w` log-uniform in
+  `aspect`; of `attempts` draws the first that fits is used (none fits: the image is kept),
+  placed uniformly. Fill (in the image's value range; timm fills normalised images, where
+  N(0, 1) corresponds to `mean`, `std` in raw pixels): `mode="const"`: `value`; `"rand"`:
+  one `N(mean, std)` draw per channel; `"pixel"`: one per pixel and channel. Keeps the
+  image's dtype (integer images are rounded and clipped). Stateless: draws from `_rng`.
+  """
+  if not 0 <= probability <= 1:
+    raise ValueError(f"random_erasing probability must be in [0, 1], got {probability!r}.")
+  area, aspect = tuple(area), tuple(aspect)
+  if len(area) != 2 or not 0 < area[0] <= area[1] <= 1:
+    raise ValueError(
+      f"random_erasing area must be (min, max) fractions with 0 < min <= max <= 1, got "
+      f"{area!r}: e.g. (0.02, 1 / 3)."
+    )
+  if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
+    raise ValueError(
+      f"random_erasing aspect must be (min, max) ratios with 0 < min <= max, got {aspect!r}: "
+      "e.g. (0.3, 3.3)."
+    )
+  if mode not in ("const", "rand", "pixel"):
+    raise ValueError(f"random_erasing mode must be 'const', 'rand' or 'pixel', got {mode!r}.")
+  if not isinstance(attempts, int) or attempts < 1:
+    raise ValueError(f"random_erasing attempts must be an int >= 1, got {attempts!r}.")
+  log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
+
+  def fn(ex):
+    ex, seed = _take_rng(ex, "random_erasing")
+    image = ex["image"]
+    apply_seed, area_seed, aspect_seed, top_seed, left_seed, fill_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 6)
+    )
+    shape = tf.shape(image)
+    h_img, w_img = shape[0], shape[1]
+    target = tf.random.stateless_uniform([attempts], area_seed, *area) * tf.cast(
+      h_img * w_img, tf.float32
+    )
+    ratio = tf.exp(tf.random.stateless_uniform([attempts], aspect_seed, *log_aspect))
+    hs = tf.cast(tf.round(tf.sqrt(target * ratio)), tf.int32)
+    ws = tf.cast(tf.round(tf.sqrt(target / ratio)), tf.int32)
+    fits = (hs < h_img) & (ws < w_img) & (hs > 0) & (ws > 0)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    apply = tf.reduce_any(fits) & (tf.random.stateless_uniform([], apply_seed) < probability)
+    h, w = hs[first], ws[first]
+    # timm: top in [0, H - h], left in [0, W - w], both inclusive.
+    # (maxval >= 1 also when nothing fits; the image is then kept.)
+    top = tf.random.stateless_uniform(
+      [], top_seed, maxval=tf.maximum(h_img - h + 1, 1), dtype=tf.int32
+    )
+    left = tf.random.stateless_uniform(
+      [], left_seed, maxval=tf.maximum(w_img - w + 1, 1), dtype=tf.int32
+    )
+    rows = tf.range(h_img)[:, None, None]
+    cols = tf.range(w_img)[None, :, None]
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w) & apply
+    if mode == "const":
+      fill = tf.fill(shape, tf.cast(value, tf.float32))
+    else:
+      noise_shape = tf.concat([[1, 1], shape[2:]], 0) if mode == "rand" else shape
+      fill = mean + std * tf.random.stateless_normal(noise_shape, fill_seed)
+      fill = tf.broadcast_to(fill, shape)
+    if image.dtype.is_integer:
+      fill = tf.saturate_cast(tf.round(fill), image.dtype)
+    else:
+      fill = tf.cast(fill, image.dtype)
+    return _with_image(ex, tf.where(inside, fill, image))
 
   return fn
 

@@ -326,6 +326,7 @@ VALID_NAMES = (
   "tfds:<builder>",
   "<name>@<indices.json>",
   "cached:<dir>",
+  "toy:<two_moons|two_ovals>",
 )
 
 

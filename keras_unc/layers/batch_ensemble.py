@@ -401,3 +401,129 @@ class Conv2DBatchEnsemble(_BatchEnsembleBase):
       "padding": self.padding,
       "dilation_rate": self.dilation_rate,
     }
+
+
+@keras.saving.register_keras_serializable(package="keras_unc")
+class BatchNormBatchEnsemble(keras.layers.Layer):
+  """BatchNorm with its own statistics, scale and offset per ensemble member (last axis).
+
+  Input `[M * B, ..., C]` with member i in rows `[i*B, (i+1)*B)`. In training, member i is
+  normalised with the mean and (biased) variance of its own rows over every axis but the
+  last, `y = (x − mean_i) / sqrt(var_i + epsilon) * gamma_i + beta_i`, and its moving
+  statistics move as Keras' `BatchNormalization` does:
+  `moving = momentum * moving + (1 − momentum) * batch_stat`. At inference (`training`
+  false, or the layer frozen with `trainable=False`) member i uses its moving statistics.
+  With M = 1 this is `keras.layers.BatchNormalization` (channels last).
+
+  This is uncertainty-baselines' `use_ensemble_bn=True` (edward2 `EnsembleSyncBatchNorm`,
+  `resnet50_batchensemble.py`, `resnet50_sngp_be.py`): one BatchNorm per member, so the
+  members' activation statistics are not pooled. Deviation: the statistics are per replica
+  (as Keras' BatchNormalization), where edward2 averages them across TPU replicas.
+
+  Args:
+    ensemble_size: M, the number of members.
+    momentum: moving-average momentum (0.9 in ub, = Torch momentum 0.1).
+    epsilon: added to the variance (1e-5 in ub).
+    center, scale: learn `beta [M, C]` / `gamma [M, C]`.
+    beta_initializer, gamma_initializer, moving_mean_initializer,
+      moving_variance_initializer: Keras initializers of the `[M, C]` weights.
+
+  Example:
+  >>> x = TileMembers(2)(np.ones([3, 4, 4, 8], "float32"))
+  >>> BatchNormBatchEnsemble(2)(x).shape
+  (6, 4, 4, 8)
+
+  Reference: Wen et al., "BatchEnsemble: an Alternative Approach to Efficient Ensemble and
+  Lifelong Learning", ICLR 2020; Ioffe & Szegedy, "Batch Normalization", ICML 2015.
+  """
+
+  def __init__(
+    self,
+    ensemble_size,
+    momentum=0.99,
+    epsilon=1e-3,
+    center=True,
+    scale=True,
+    beta_initializer="zeros",
+    gamma_initializer="ones",
+    moving_mean_initializer="zeros",
+    moving_variance_initializer="ones",
+    **kwargs,
+  ):
+    super().__init__(**kwargs)
+    _check_ensemble_size(ensemble_size)
+    if not 0.0 <= float(momentum) < 1.0:
+      raise ValueError(f"momentum must be in [0, 1), got {momentum!r}; e.g. 0.9.")
+    if not float(epsilon) > 0.0:
+      raise ValueError(f"epsilon must be > 0, got {epsilon!r}; e.g. 1e-5.")
+    self.ensemble_size = ensemble_size
+    self.momentum = float(momentum)
+    self.epsilon = float(epsilon)
+    self.center, self.scale = center, scale
+    self.beta_initializer = keras.initializers.get(beta_initializer)
+    self.gamma_initializer = keras.initializers.get(gamma_initializer)
+    self.moving_mean_initializer = keras.initializers.get(moving_mean_initializer)
+    self.moving_variance_initializer = keras.initializers.get(moving_variance_initializer)
+    self.supports_masking = True
+    self.gamma = self.beta = self.moving_mean = self.moving_variance = None
+
+  def build(self, input_shape):
+    if len(input_shape) < 2 or input_shape[-1] is None:
+      raise ValueError(
+        f"{self.name} needs inputs of rank >= 2 with known channels (last axis), "
+        f"got shape {input_shape}."
+      )
+    shape = (self.ensemble_size, input_shape[-1])
+
+    def weight(name, initializer, trainable):
+      return self.add_weight(
+        name=name, shape=shape, initializer=initializer, trainable=trainable, autocast=False
+      )
+
+    if self.scale:
+      self.gamma = weight("gamma", self.gamma_initializer, True)
+    if self.center:
+      self.beta = weight("beta", self.beta_initializer, True)
+    self.moving_mean = weight("moving_mean", self.moving_mean_initializer, False)
+    self.moving_variance = weight("moving_variance", self.moving_variance_initializer, False)
+    self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={-1: input_shape[-1]})
+
+  def call(self, inputs, training=None):
+    _check_batch(inputs, self.ensemble_size, self.name)
+    m, c = self.ensemble_size, inputs.shape[-1]
+    shape = ops.shape(inputs)
+    # float32 statistics (as Keras' BatchNormalization) also under mixed precision.
+    x = ops.reshape(ops.cast(inputs, "float32"), (m, -1, c))  # Member i: x[i], [rows, C].
+    if training and self.trainable:
+      mean = ops.mean(x, axis=1)
+      variance = ops.mean(ops.square(x - mean[:, None, :]), axis=1)
+      for moving, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
+        moving.assign(moving * self.momentum + value * (1.0 - self.momentum))
+    else:
+      mean, variance = self.moving_mean, self.moving_variance
+    inv = ops.rsqrt(variance + self.epsilon)
+    if self.gamma is not None:
+      inv = inv * self.gamma
+    offset = -mean * inv
+    if self.beta is not None:
+      offset = offset + self.beta
+    y = x * inv[:, None, :] + offset[:, None, :]
+    return ops.cast(ops.reshape(y, shape), self.compute_dtype)
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def get_config(self):
+    ser = keras.saving.serialize_keras_object
+    return {
+      **super().get_config(),
+      "ensemble_size": self.ensemble_size,
+      "momentum": self.momentum,
+      "epsilon": self.epsilon,
+      "center": self.center,
+      "scale": self.scale,
+      "beta_initializer": ser(self.beta_initializer),
+      "gamma_initializer": ser(self.gamma_initializer),
+      "moving_mean_initializer": ser(self.moving_mean_initializer),
+      "moving_variance_initializer": ser(self.moving_variance_initializer),
+    }

@@ -2,8 +2,26 @@
 
 `RandomFeatureGaussianProcess` returns `(logits [B, C], variance [B])`; its Laplace
 precision matrix is a non-trainable variable that training calls update and that
-`reset_covariance()` (called by a callback at each epoch start) sets back to `ridge · I`.
+`reset_covariance()` (called by a callback at each epoch start) sets back to zero.
 `MeanFieldLogits` turns both outputs into the mean-field-adjusted logits of the paper.
+`OrthogonalRandomFeatures` draws the random-feature kernel as edward2 and
+uncertainty-baselines (ub) do by default.
+
+Parity with ub's SNGP ResNets (`resnet50_sngp.py`, `wide_resnet_sngp.py`), which build
+edward2's TF `RandomFeatureGaussianProcess` with `scale_random_features=False` and an
+orthogonal random-feature kernel of standard deviation 0.05:
+
+  ub flags                                      here
+  gp_scale = s, gp_input_normalization=False    kernel_scale = ub_length_scale(s) = 20·sqrt(s)
+  gp_input_normalization=True (s is ignored)    kernel_scale = ub_length_scale(s, True) = 20
+  gp_random_feature_type = 'orf' / 'rff'        random_features = "orf" / "gaussian"
+  gp_output_imagenet_initializer = True         output_initializer = RandomNormal(0.01)
+  gp_cov_discount_factor, gp_cov_ridge_penalty  gp_cov_momentum, gp_cov_ridge_penalty
+
+edward2 scales the input by `1/sqrt(s)` and draws the kernel with standard deviation σ
+(0.05 in ub); `cos((h/sqrt(s)) W₀σ + b) = cos(h (W₀/ℓ) + b)` with ℓ = sqrt(s)/σ, so the
+features are the same functions of h (`tests/layers/test_gaussian_process.py` checks it on
+copied weights).
 """
 
 import math
@@ -12,6 +30,75 @@ import keras
 from keras import ops
 
 LIKELIHOODS = ("gaussian", "logistic")
+RANDOM_FEATURES = ("orf", "gaussian")
+UB_RANDOM_FEATURE_STDDEV = 0.05  # ub's make_random_feature_initializer, 'orf' and 'rff'.
+
+
+def ub_length_scale(gp_scale, gp_input_normalization=False, stddev=UB_RANDOM_FEATURE_STDDEV):
+  """The `kernel_scale` (RBF length-scale ℓ) that reproduces ub's `gp_scale` flag.
+
+  edward2's TF layer multiplies the input by `1/sqrt(gp_scale)` only when it does not
+  layer-normalise it, and ub draws the random kernel with standard deviation `stddev`.
+
+  Args:
+    gp_scale: ub's `gp_scale` flag (edward2's `gp_kernel_scale`).
+    gp_input_normalization: ub's `gp_input_normalization` flag.
+    stddev: the random-feature kernel's standard deviation (0.05 in ub).
+
+  Returns:
+    ℓ = sqrt(gp_scale)/stddev, or 1/stddev with input normalisation.
+  """
+  if not gp_scale > 0 or not stddev > 0:
+    raise ValueError(f"gp_scale and stddev must be > 0, got {gp_scale!r} and {stddev!r}.")
+  return (1.0 if gp_input_normalization else math.sqrt(gp_scale)) / stddev
+
+
+@keras.saving.register_keras_serializable(package="keras_unc")
+class OrthogonalRandomFeatures(keras.initializers.Initializer):
+  """Orthogonal random-feature kernel `[d_in, D]`: `stddev · Q · diag(n)` (Yu et al. 2016).
+
+  Q has orthonormal columns (blocks of `d_in × d_in` orthogonal matrices side by side when
+  D > d_in, as edward2's `OrthogonalRandomFeatures`); `n_j = ||z_j||`, z_j ~ N(0, I_{d_in})
+  (the chi-distributed norms of a Gaussian matrix's columns) if `random_norm`, else
+  `sqrt(d_in)`. The columns are then distributed like Gaussian ones but less correlated,
+  which lowers the variance of the kernel approximation.
+
+  Args:
+    stddev: scale of the matrix (the Gaussian kernel's standard deviation, `1/ℓ`).
+    random_norm: draw the column norms (True, edward2's default) or fix them.
+    seed: int seed, or None.
+
+  Example:
+    ```python
+    kernel = OrthogonalRandomFeatures(stddev=0.05, seed=0)((128, 1024))
+    ```
+
+  Reference: Yu et al., "Orthogonal Random Features", NeurIPS 2016.
+  """
+
+  def __init__(self, stddev=1.0, random_norm=True, seed=None):
+    self.stddev, self.random_norm, self.seed = float(stddev), bool(random_norm), seed
+
+  def __call__(self, shape, dtype=None):
+    if len(shape) != 2:
+      raise ValueError(f"OrthogonalRandomFeatures makes 2-D kernels, got shape {shape}.")
+    rows, cols = int(shape[0]), int(shape[1])
+    blocks = []
+    for i in range(-(-cols // rows) if rows < cols else 1):
+      block_seed = None if self.seed is None else int(self.seed) + 7919 * i
+      square = (rows, rows) if rows < cols else (rows, cols)
+      blocks.append(keras.initializers.Orthogonal(seed=block_seed)(square, dtype="float32"))
+    q = ops.concatenate(blocks, axis=1)[:, :cols]
+    if self.random_norm:
+      norm_seed = None if self.seed is None else int(self.seed) + 104729
+      z = keras.random.normal((rows, cols), dtype="float32", seed=norm_seed)
+      norms = ops.sqrt(ops.sum(ops.square(z), axis=0))
+    else:
+      norms = ops.full((cols,), math.sqrt(rows), dtype="float32")
+    return ops.cast(self.stddev * q * norms, dtype or "float32")
+
+  def get_config(self):
+    return {"stddev": self.stddev, "random_norm": self.random_norm, "seed": self.seed}
 
 
 def num_replicas_in_sync():
@@ -32,22 +119,36 @@ def num_replicas_in_sync():
 class RandomFeatureGaussianProcess(keras.layers.Layer):
   """Gaussian-process output layer with random Fourier features and a Laplace covariance.
 
-  Features: `φ(h) = sqrt(2/D) · cos(h W + b)` (the factor only if
-  `scale_random_features`), D = `num_inducing`, with fixed (non-trainable) `W ~ N(0,
-  1/kernel_scale²)` (`kernel_scale` is the RBF length-scale ℓ) and `b ~ U(0, 2π)`; `h` is
-  first layer-normalised if `normalize_input`. Logits: `φ β (+ bias)`, β trainable.
+  Features: `φ(h) = cos(h W + b)` (times `sqrt(2/D)` if `scale_random_features`),
+  D = `num_inducing`, with a fixed (non-trainable) kernel W of standard deviation
+  `1/kernel_scale` (`kernel_scale` is the RBF length-scale ℓ), orthogonal
+  (`random_features="orf"`, `OrthogonalRandomFeatures`) or i.i.d. Gaussian, and
+  `b ~ U(0, 2π)`; `h` is first layer-normalised if `normalize_input`. Logits: `φ β (+ bias)`,
+  β trainable.
 
-  Laplace precision `P` (`[D, D]`, non-trainable, initialised to `ridge · I`). Each
+  The defaults follow ub's SNGP ResNets (module docstring): unscaled, orthogonal features.
+  The `sqrt(2/D)` factor of Rahimi and Recht makes `φᵀφ'` approximate the kernel, but as
+  the output layer of a network it shrinks the logits by `sqrt(2/D)` (≈ 0.04 for D = 1024)
+  at a Glorot-initialised β, and SNGP trains under-confident; edward2 warns against it and
+  ub turns it off.
+
+  Laplace precision `P` (`[D, D]`, non-trainable, zero at the start of each epoch). Each
   `training=True` call computes `S = Σ_b m_b φ_b φ_bᵀ` over its batch of B rows, with
-  `m_b = 1` for `likelihood="gaussian"` (the edward2 / uncertainty-baselines default) and
-  `m_b = p_b (1 − p_b)` for `likelihood="logistic"`, where `p_b = sigmoid(logit_b)` if
-  `units == 1` (binary logistic, exact Hessian) and `p_b = max_c softmax(logits_b)_c`
-  otherwise (a one-number surrogate for the multi-class Hessian); φ and the logits enter
-  through stop-gradient. Then `P ← m P + (1 − m) S / B` if `gp_cov_momentum = m ∈ (0, 1)`,
-  or `P ← P + S` if `gp_cov_momentum = -1` (exact accumulation over the epoch).
+  `m_b = 1` for `likelihood="gaussian"` (the edward2 / ub default) and `m_b = p_b (1 − p_b)`
+  for `likelihood="logistic"`, where `p_b = sigmoid(logit_b)` if `units == 1` (binary
+  logistic, exact Hessian) and `p_b = max_c softmax(logits_b)_c` otherwise (a one-number
+  surrogate for the multi-class Hessian); φ and the logits enter through stop-gradient.
+  Then `P ← m P + (1 − m) S / B` if `gp_cov_momentum = m ∈ (0, 1)`, or `P ← P + S` if
+  `gp_cov_momentum = -1` (exact accumulation over the epoch).
 
-  Variance: `v(x) = ridge · φ(x)ᵀ P⁻¹ φ(x)` in calls with falsy `training` (a linear
-  solve, float32); training calls return zeros instead and skip the O(D³) solve.
+  Variance: `v(x) = s · φ(x)ᵀ (s I + P)⁻¹ φ(x)` with ridge s, as edward2's TF
+  `LaplaceRandomFeatureCovariance` (the ridge is added at solve time, so a moving average
+  does not decay it), in calls with falsy `training`, through a Cholesky factor of the
+  symmetric positive-definite `s I + P` computed in `solve_dtype`. In exact mode P sums
+  `φφᵀ` over a whole epoch, and its condition number reaches 1e7 to 1e8 (tens of thousands
+  of examples, ridge 1): a float32 factorisation then fails or loses most digits (edward2
+  inverts in float32), so the default is float64; TPUs have no float64, set "float32"
+  there. Training calls return zeros instead and skip the O(D³) factorisation.
 
   Distribution: `P` is created with `aggregation="mean"`. Under `tf.distribute` every
   replica updates from its own batch and the assigned values are averaged across the R
@@ -62,12 +163,17 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
     units: C, the number of logits.
     num_inducing: D, the number of random features (≥ 1).
     normalize_input: layer-normalise the input before the random features.
-    scale_random_features: multiply the features by `sqrt(2/D)`.
-    kernel_scale: ℓ > 0; the random weights have standard deviation `1/ℓ`.
+    scale_random_features: multiply the features by `sqrt(2/D)` (off, as in ub).
+    kernel_scale: ℓ > 0; the random kernel has standard deviation `1/ℓ` (see
+      `ub_length_scale` for ub's `gp_scale`).
+    random_features: `"orf"` (orthogonal, edward2's and ub's default) or `"gaussian"`.
     gp_cov_momentum: m in (0, 1) for the moving average, or -1 for exact accumulation.
     gp_cov_ridge_penalty: ridge s > 0 (prior precision `s · I`, variance scale `s`).
     likelihood: one of `LIKELIHOODS` (see above).
     output_bias: add a trainable bias (zeros-initialised) to the logits.
+    output_initializer: initializer of β (ub: Glorot uniform, the Keras `Dense` default;
+      `RandomNormal(stddev=0.01)` with ub's `gp_output_imagenet_initializer`).
+    solve_dtype: "float64" or "float32", the precision of the variance's Cholesky solve.
     kernel_regularizer: regularizer of β, the output weights.
     seed: integer seed of the random features and of β's initializer, or None.
     **kwargs: base `keras.layers.Layer` arguments.
@@ -75,7 +181,7 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
   Example:
     ```python
     h = keras.Input((128,))
-    logits, variance = RandomFeatureGaussianProcess(10, num_inducing=1024)(h)
+    logits, variance = RandomFeatureGaussianProcess(10, kernel_scale=20.0)(h)
     logits = MeanFieldLogits()((logits, variance))
     ```
 
@@ -88,13 +194,16 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
     units,
     num_inducing=1024,
     normalize_input=False,
-    scale_random_features=True,
+    scale_random_features=False,
     kernel_scale=1.0,
+    random_features="orf",
     gp_cov_momentum=-1.0,
     gp_cov_ridge_penalty=1.0,
     likelihood="gaussian",
     output_bias=False,
+    output_initializer="glorot_uniform",
     kernel_regularizer=None,
+    solve_dtype="float64",
     seed=None,
     **kwargs,
   ):
@@ -110,6 +219,11 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
       )
     if likelihood not in LIKELIHOODS:
       raise ValueError(f"Unknown likelihood {likelihood!r}: choose one of {LIKELIHOODS}.")
+    if random_features not in RANDOM_FEATURES:
+      raise ValueError(
+        f"Unknown random_features {random_features!r}: choose one of {RANDOM_FEATURES} "
+        "(ub's gp_random_feature_type 'orf' is orf, 'rff' is gaussian)."
+      )
     if not (0.0 < gp_cov_momentum < 1.0 or gp_cov_momentum == -1):
       raise ValueError(
         f"gp_cov_momentum must be in (0, 1) (moving average) or -1 (exact "
@@ -118,23 +232,30 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
     if not gp_cov_ridge_penalty > 0:
       raise ValueError(
         f"gp_cov_ridge_penalty must be > 0, got {gp_cov_ridge_penalty!r}: the "
-        "precision matrix starts at ridge · I and must stay invertible."
+        "covariance is (ridge · I + P)⁻¹ and needs a positive ridge."
+      )
+    if solve_dtype not in ("float64", "float32"):
+      raise ValueError(
+        f"solve_dtype must be 'float64' or 'float32', got {solve_dtype!r} (float32 on TPU)."
       )
     if not kernel_scale > 0:
       raise ValueError(
         f"kernel_scale must be > 0, got {kernel_scale!r}: it is the RBF "
-        "length-scale, e.g. kernel_scale=1.0."
+        "length-scale, e.g. kernel_scale=20.0 (ub's gp_scale=1)."
       )
     self.units = int(units)
     self.num_inducing = int(num_inducing)
     self.normalize_input = bool(normalize_input)
     self.scale_random_features = bool(scale_random_features)
     self.kernel_scale = float(kernel_scale)
+    self.random_features_type = random_features
     self.gp_cov_momentum = float(gp_cov_momentum)
     self.gp_cov_ridge_penalty = float(gp_cov_ridge_penalty)
     self.likelihood = likelihood
     self.output_bias = bool(output_bias)
+    self.output_initializer = keras.initializers.get(output_initializer)
     self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+    self.solve_dtype = solve_dtype
     self.seed = seed
     self.input_norm = (
       keras.layers.LayerNormalization(name="input_layer_norm") if self.normalize_input else None
@@ -142,6 +263,19 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
 
   def _seed(self, offset):
     return None if self.seed is None else int(self.seed) + offset
+
+  def _random_kernel_initializer(self):
+    stddev = 1.0 / self.kernel_scale
+    if self.random_features_type == "orf":
+      return OrthogonalRandomFeatures(stddev=stddev, seed=self._seed(0))
+    return keras.initializers.RandomNormal(stddev=stddev, seed=self._seed(0))
+
+  def _output_initializer(self):
+    init = self.output_initializer
+    if self.seed is not None and hasattr(init, "seed"):
+      # A per-layer seed makes β reproducible (the config keeps the unseeded initializer).
+      init = init.__class__.from_config({**init.get_config(), "seed": self._seed(2)})
+    return init
 
   def build(self, input_shape):
     d_in, d = input_shape[-1], self.num_inducing
@@ -151,9 +285,7 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
       shape=(d_in, d),
       trainable=False,
       name="random_kernel",
-      initializer=keras.initializers.RandomNormal(
-        stddev=1.0 / self.kernel_scale, seed=self._seed(0)
-      ),
+      initializer=self._random_kernel_initializer(),
     )
     self.random_bias = self.add_weight(
       shape=(d,),
@@ -165,7 +297,7 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
       shape=(d, self.units),
       name="output_kernel",
       regularizer=self.kernel_regularizer,
-      initializer=keras.initializers.GlorotUniform(seed=self._seed(2)),
+      initializer=self._output_initializer(),
     )
     self.bias = (
       self.add_weight(shape=(self.units,), initializer="zeros", name="output_bias")
@@ -179,7 +311,7 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
       dtype="float32",
       autocast=False,
       aggregation="mean",
-      initializer=keras.initializers.Identity(gain=self.gp_cov_ridge_penalty),
+      initializer="zeros",
     )
     self.built = True
 
@@ -224,16 +356,19 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
     self.precision_matrix.assign(new)
 
   def predictive_variance(self, phi):
-    """`ridge · φᵀ P⁻¹ φ` per row of φ `[B, D]`, float32 `[B]`."""
-    phi = ops.cast(phi, "float32")
-    solved = ops.solve(ops.convert_to_tensor(self.precision_matrix), ops.transpose(phi))
-    return self.gp_cov_ridge_penalty * ops.sum(ops.transpose(phi) * solved, axis=0)
+    """`s · φᵀ (s I + P)⁻¹ φ` per row of φ `[B, D]`, float32 `[B]` (Cholesky solve)."""
+    dtype = self.solve_dtype
+    phi = ops.cast(phi, dtype)
+    s = self.gp_cov_ridge_penalty
+    precision = ops.cast(ops.convert_to_tensor(self.precision_matrix), dtype)
+    precision = 0.5 * (precision + ops.transpose(precision))  # Exactly symmetric.
+    chol = ops.cholesky(precision + s * ops.eye(self.num_inducing, dtype=dtype))
+    z = ops.solve_triangular(chol, ops.transpose(phi), lower=True)  # L⁻¹ φᵀ, [D, B].
+    return ops.cast(s * ops.sum(ops.square(z), axis=0), "float32")
 
   def reset_covariance(self):
-    """Sets the precision matrix back to `ridge · I` (call at each epoch start)."""
-    self.precision_matrix.assign(
-      self.gp_cov_ridge_penalty * ops.eye(self.num_inducing, dtype="float32")
-    )
+    """Sets the precision matrix back to zero, the prior `s · I` alone (each epoch start)."""
+    self.precision_matrix.assign(ops.zeros((self.num_inducing,) * 2, dtype="float32"))
 
   def compute_output_shape(self, input_shape):
     return (*input_shape[:-1], self.units), tuple(input_shape[:-1])
@@ -246,11 +381,14 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
       "normalize_input": self.normalize_input,
       "scale_random_features": self.scale_random_features,
       "kernel_scale": self.kernel_scale,
+      "random_features": self.random_features_type,
       "gp_cov_momentum": self.gp_cov_momentum,
       "gp_cov_ridge_penalty": self.gp_cov_ridge_penalty,
       "likelihood": self.likelihood,
       "output_bias": self.output_bias,
+      "output_initializer": keras.initializers.serialize(self.output_initializer),
       "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+      "solve_dtype": self.solve_dtype,
       "seed": self.seed,
     }
 

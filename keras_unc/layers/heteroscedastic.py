@@ -10,6 +10,9 @@ covariance and returns the log of the MC predictive, so that `softmax(output)` (
 
 Noise draws come from `keras.random` with a `keras.random.SeedGenerator`, so the layers run
 under every Keras backend. The private `_sample_noise` is the one place that draws ε.
+
+As in edward2 (`MIN_SCALE_MONTE_CARLO`), the diagonal scale is `softplus(·) + min_scale`
+with `min_scale = 1e-3`, so the noise never collapses to a point mass.
 """
 
 import math
@@ -21,6 +24,9 @@ from keras import ops
 
 def _is_int(value):
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+MIN_SCALE = 1e-3  # edward2's MIN_SCALE_MONTE_CARLO.
 
 
 def _check_common(num_factors, temperature, train_mc_samples, test_mc_samples):
@@ -57,9 +63,12 @@ class _MCHeteroscedasticBase(keras.layers.Layer):
     share_samples_across_batch,
     return_samples,
     seed,
+    min_scale=MIN_SCALE,
     **kwargs,
   ):
     super().__init__(**kwargs)
+    if not min_scale >= 0:
+      raise ValueError(f"min_scale must be >= 0, got {min_scale!r}; edward2 uses 1e-3.")
     if not _is_int(size) or size < 1:
       raise ValueError(f"{self._size_name} must be an int >= 1, got {size!r}.")
     _check_common(num_factors, temperature, train_mc_samples, test_mc_samples)
@@ -70,6 +79,7 @@ class _MCHeteroscedasticBase(keras.layers.Layer):
     self.test_mc_samples = int(test_mc_samples)
     self.share_samples_across_batch = bool(share_samples_across_batch)
     self.return_samples = bool(return_samples)
+    self.min_scale = float(min_scale)
     self.seed = seed
     self.seed_generator = keras.random.SeedGenerator(seed)
     self.scale_layer = None
@@ -100,10 +110,15 @@ class _MCHeteroscedasticBase(keras.layers.Layer):
     # [B', S, R] @ [B, R, N] → [B, S, N] (B' = 1 broadcasts).
     return ops.matmul(eps_factor, ops.transpose(self._factor(inputs), (0, 2, 1)))
 
-  def _noise(self, inputs, num_samples):
-    """`V(x) ε_R + d(x) ∘ ε_N`, `[B, S, N]`."""
+  def _diag_scale(self, inputs):
+    """d(x) = softplus(Dense(x)) + min_scale, `[B, N]`."""
+    return self.diag_layer(inputs) + self.min_scale
+
+  def _noise(self, inputs, num_samples, diag=None):
+    """`V(x) ε_R + d(x) ∘ ε_N`, `[B, S, N]` (`diag` replaces d(x) when given)."""
     eps_factor, eps_diag = self._sample_noise(ops.shape(inputs)[0], num_samples)
-    noise = ops.expand_dims(self.diag_layer(inputs), 1) * eps_diag
+    diag = self._diag_scale(inputs) if diag is None else diag
+    noise = ops.expand_dims(diag, 1) * eps_diag
     if self.num_factors > 0:
       noise = noise + self._factor_noise(inputs, eps_factor, noise.dtype)
     return noise
@@ -137,6 +152,7 @@ class _MCHeteroscedasticBase(keras.layers.Layer):
       "test_mc_samples": self.test_mc_samples,
       "share_samples_across_batch": self.share_samples_across_batch,
       "return_samples": self.return_samples,
+      "min_scale": self.min_scale,
       "seed": self.seed,
     }
 
@@ -155,6 +171,9 @@ class _MCFactorAnalysisBase(_MCHeteroscedasticBase):
     parameter_efficient=False,
     return_samples=False,
     seed=None,
+    min_scale=MIN_SCALE,
+    het_var_weight=1.0,
+    loc_var_weight=1.0,
     **kwargs,
   ):
     super().__init__(
@@ -166,8 +185,16 @@ class _MCFactorAnalysisBase(_MCHeteroscedasticBase):
       share_samples_across_batch,
       return_samples,
       seed,
+      min_scale,
       **kwargs,
     )
+    if not (het_var_weight >= 0 and loc_var_weight >= 0):
+      raise ValueError(
+        f"het_var_weight and loc_var_weight must be >= 0, got {het_var_weight!r} and "
+        f"{loc_var_weight!r} (edward2's HetSNGP uses 1 and 1)."
+      )
+    self.het_var_weight = float(het_var_weight)
+    self.loc_var_weight = float(loc_var_weight)
     if num_factors >= size:
       raise ValueError(
         f"num_factors={num_factors} must be smaller than {self._size_name}={size}: the "
@@ -186,8 +213,9 @@ class _MCFactorAnalysisBase(_MCHeteroscedasticBase):
   def _noise_dim(self):
     return self.size
 
-  def build(self, inputs_shape, loc_shape=None):
+  def build(self, inputs_shape, loc_shape=None, loc_variance_shape=None):
     """Creates the sub-layers; the μ layer only when no `loc` is passed to `call`."""
+    del loc_variance_shape
     k, r = self.size, self.num_factors
     if loc_shape is None:
       self.loc_layer = keras.layers.Dense(k, name="loc", dtype=self.dtype_policy)
@@ -216,8 +244,12 @@ class _MCFactorAnalysisBase(_MCHeteroscedasticBase):
     scale = ops.expand_dims(self.scale_layer_heteroscedastic(inputs), 1)  # [B, 1, K]
     return scale * ops.matmul(eps_factor, ops.cast(self.shared_factor, dtype))
 
-  def _latent_samples(self, inputs, loc, num_samples):
-    """`u_s = μ + V ε_R + d ∘ ε_K`, `[B, S, K]`."""
+  def _latent_samples(self, inputs, loc, num_samples, loc_variance=None):
+    """`u_s = μ + V ε_R + d ∘ ε_K`, `[B, S, K]`.
+
+    With `loc_variance` v `[B]`, d becomes `sqrt(het_var_weight · d² + loc_var_weight · v)`
+    (edward2's `HeteroscedasticSNGPLayer` at test time).
+    """
     if loc is None:
       if self.loc_layer is None:
         raise ValueError(
@@ -226,19 +258,31 @@ class _MCFactorAnalysisBase(_MCHeteroscedasticBase):
         )
       loc = self.loc_layer(inputs)
     loc = ops.cast(loc, self.compute_dtype)
-    return ops.expand_dims(loc, 1) + self._noise(inputs, num_samples)
+    diag = None
+    if loc_variance is not None:
+      d = self._diag_scale(inputs)
+      v = ops.expand_dims(ops.cast(loc_variance, d.dtype), -1)
+      diag = ops.sqrt(self.het_var_weight * ops.square(d) + self.loc_var_weight * v)
+    return ops.expand_dims(loc, 1) + self._noise(inputs, num_samples, diag)
 
-  def call(self, inputs, loc=None, training=None):
+  def call(self, inputs, loc=None, loc_variance=None, training=None):
     num_samples = self._num_samples(training)
-    return self._output(self._latent_samples(inputs, loc, num_samples), num_samples)
+    if training:
+      loc_variance = None  # edward2 adds the GP variance at test time only.
+    return self._output(self._latent_samples(inputs, loc, num_samples, loc_variance), num_samples)
 
-  def compute_output_shape(self, inputs_shape, loc_shape=None):
+  def compute_output_shape(self, inputs_shape, loc_shape=None, loc_variance_shape=None):
     # Keras matches these names to the `call` arguments.
-    del loc_shape
+    del loc_shape, loc_variance_shape
     return super().compute_output_shape(inputs_shape)
 
   def get_config(self):
-    return {**super().get_config(), "parameter_efficient": self.parameter_efficient}
+    return {
+      **super().get_config(),
+      "parameter_efficient": self.parameter_efficient,
+      "het_var_weight": self.het_var_weight,
+      "loc_var_weight": self.loc_var_weight,
+    }
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")
@@ -246,7 +290,8 @@ class MCSoftmaxDenseFA(_MCFactorAnalysisBase):
   """Heteroscedastic softmax head: MC average of softmax over correlated Gaussian logit noise.
 
   Latent logits `u = μ(x) + V(x) ε_R + d(x) ∘ ε_K` with ε ~ N(0, I), `μ = Dense(C)(x)` (or
-  the `loc` argument), `V(x) = Dense(C·R)(x)` reshaped `[B, C, R]`, `d(x) = softplus(Dense(C)(x))`.
+  the `loc` argument), `V(x) = Dense(C·R)(x)` reshaped `[B, C, R]`,
+  `d(x) = softplus(Dense(C)(x)) + min_scale`.
   The output is `log mean_s softmax(u_s / τ)` `[B, C]` over S samples (logsumexp over samples),
   so `softmax(output)` is the predictive.
 
@@ -262,11 +307,17 @@ class MCSoftmaxDenseFA(_MCFactorAnalysisBase):
       shared `C × R` matrix V and `v(x) = Dense(C)(x)` (as in edward2; here V has no bias).
     return_samples: also return the tempered latent samples `u_s / τ` `[B, S, C]`.
     seed: int seed of the layer's `keras.random.SeedGenerator`.
+    min_scale: added to the softplus diagonal scale (edward2: 1e-3).
+    het_var_weight, loc_var_weight: at test time with a `loc_variance` v, the diagonal scale
+      is `sqrt(het_var_weight · d(x)² + loc_var_weight · v)` (edward2's
+      `HeteroscedasticSNGPLayer` `het_var_weight`, `sngp_var_weight`; both 1 there).
 
   Call args:
     inputs: `[B, D]` features.
     loc: optional `[B, C]` mean logits replacing μ(x) (e.g. the GP mean of HetSNGP). Whether a
       loc is passed is fixed at the first call: the μ layer only exists without loc.
+    loc_variance: optional `[B]` variance of the loc (the GP predictive variance of
+      HetSNGP), added to the diagonal noise variance in calls with falsy `training`.
     training: selects `train_mc_samples` or `test_mc_samples`.
 
   Example:
@@ -299,7 +350,8 @@ class MCSigmoidDenseFA(_MCFactorAnalysisBase):
     num_outputs: K, the number of labels.
     num_factors: R < K; 0 = diagonal noise only.
     temperature, train_mc_samples, test_mc_samples, share_samples_across_batch,
-    parameter_efficient, return_samples, seed: as in `MCSoftmaxDenseFA`.
+    parameter_efficient, return_samples, seed, min_scale, het_var_weight, loc_var_weight: as
+      in `MCSoftmaxDenseFA`.
 
   Example:
   >>> head = MCSigmoidDenseFA(num_outputs=5, num_factors=2, test_mc_samples=100, seed=0)
@@ -331,9 +383,9 @@ class HetXLDense(_MCHeteroscedasticBase):
   """HET-XL head: heteroscedastic noise in the embedding space, then one linear classifier.
 
   `z̃_s = z + V(z) ε_R + d(z) ∘ ε_D` with `V(z) = Dense(D·R)(z)` reshaped `[B, D, R]` and
-  `d(z) = softplus(Dense(D)(z))`; `logits_s = z̃_s W + b` with `W` `[D, C]`. The output is
-  `log mean_s softmax(logits_s / τ)` `[B, C]`. The covariance `V Vᵀ + diag(d²)` is D × D, so its
-  parameter count does not grow with C. `covariance_log_det` gives its log-determinant.
+  `d(z) = softplus(Dense(D)(z)) + min_scale`; `logits_s = z̃_s W + b` with `W` `[D, C]`. The
+  output is `log mean_s softmax(logits_s / τ)` `[B, C]`. The covariance `V Vᵀ + diag(d²)` is
+  D × D, so its parameter count does not grow with C. `covariance_log_det` gives its log-determinant.
 
   Args:
     num_classes: C.
@@ -344,6 +396,7 @@ class HetXLDense(_MCHeteroscedasticBase):
     share_samples_across_batch: draw one set of ε for the whole batch.
     return_samples: also return the tempered sampled logits `[B, S, C]`.
     seed: int seed of the layer's `keras.random.SeedGenerator`.
+    min_scale: added to the softplus diagonal scale (edward2: 1e-3).
 
   Example:
   >>> head = HetXLDense(num_classes=10, num_factors=2, test_mc_samples=100, seed=0)
@@ -365,6 +418,7 @@ class HetXLDense(_MCHeteroscedasticBase):
     share_samples_across_batch=False,
     return_samples=False,
     seed=None,
+    min_scale=MIN_SCALE,
     **kwargs,
   ):
     super().__init__(
@@ -376,6 +430,7 @@ class HetXLDense(_MCHeteroscedasticBase):
       share_samples_across_batch,
       return_samples,
       seed,
+      min_scale,
       **kwargs,
     )
     self.classifier = keras.layers.Dense(num_classes, name="classifier", dtype=self.dtype_policy)
@@ -407,9 +462,22 @@ class HetXLDense(_MCHeteroscedasticBase):
       self.scale_layer.build(inputs_shape)
 
   def call(self, inputs, training=None):
+    # `(z + V ε_R + d ∘ ε_D) W + b` computed as `(z W + b) + (d ∘ ε_D) W + ε_R (Vᵀ W)`: the
+    # same sums, but the low-rank part costs B·S·R·C instead of B·S·D·(R + C), and with
+    # shared samples the diagonal part `ε_D diag(d_b) W` never draws or stores [B, S, D].
     num_samples = self._num_samples(training)
-    noise = self._noise(inputs, num_samples)  # [B, S, D]
-    logits = self.classifier(ops.expand_dims(inputs, 1) + noise)  # [B, S, C]
+    eps_factor, eps_diag = self._sample_noise(ops.shape(inputs)[0], num_samples)
+    kernel = ops.cast(self.classifier.kernel, self.compute_dtype)  # W, [D, C]
+    d = self._diag_scale(inputs)  # [B, D]
+    if self.share_samples_across_batch and self.size <= num_samples:
+      # [S, D] @ [B, D, C]: cheaper than the [B, S, D] noise when C <= S.
+      diag_part = ops.einsum("sd,bdc->bsc", eps_diag[0], ops.expand_dims(d, -1) * kernel)
+    else:
+      diag_part = ops.matmul(ops.expand_dims(d, 1) * eps_diag, kernel)  # [B, S, C]
+    logits = ops.expand_dims(self.classifier(inputs), 1) + diag_part
+    if self.num_factors > 0:
+      factor_w = ops.einsum("bdr,dc->brc", self._factor(inputs), kernel)  # Vᵀ W, [B, R, C]
+      logits = logits + ops.matmul(eps_factor, factor_w)  # [B', S, R] @ [B, R, C]
     return self._output(logits, num_samples)
 
   def covariance_log_det(self, inputs):
@@ -422,7 +490,7 @@ class HetXLDense(_MCHeteroscedasticBase):
       inputs = ops.convert_to_tensor(inputs)
     if not self.built:
       self.build(tuple(inputs.shape))
-    diag = ops.maximum(ops.cast(self.diag_layer(inputs), "float32"), 1e-12)
+    diag = ops.maximum(ops.cast(self._diag_scale(inputs), "float32"), 1e-12)
     log_det = 2.0 * ops.sum(ops.log(diag), axis=-1)
     if self.num_factors > 0:
       factor = ops.cast(self._factor(inputs), "float32")  # [B, D, R]

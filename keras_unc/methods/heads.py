@@ -150,51 +150,66 @@ class _Resets(keras.callbacks.Callback):
 class GaussianProcess(Head):
   """Random-feature GP output layer with a Laplace covariance; mean-field logits.
 
-  Shared by `sngp`, `hetsngp` and `be_sngp` (gin: `gp_head`).
+  Shared by `sngp`, `hetsngp` and `be_sngp` (gin: `gp_head`). The defaults are those of
+  ub's SNGP ResNets (`resnet50_sngp.py`, `wide_resnet_sngp.py` with ub's flag defaults):
+  no input LayerNorm, `gp_scale = 1` (length-scale 20, see
+  `layers.gaussian_process.ub_length_scale`), orthogonal random features without the
+  `sqrt(2/D)` factor, Glorot-initialised output weights, exact precision, ridge 1. The
+  mean-field factor is the paper's π/8; ub's scripts set 20 (CIFAR) or 1 (ImageNet), which
+  their recipes here do.
 
   Args:
     num_inducing: random features D_L.
     normalize_input: LayerNorm on the embedding before the random features.
-    kernel_scale: the RBF length-scale: with `normalize_input` the features have unit
-      variance per dimension, so a length-scale near sqrt(D) keeps `cos(W h + b)` smooth in
-      h (with 1 the features are nearly random functions of h for D in the hundreds).
+    kernel_scale: the RBF length-scale ℓ (random kernel standard deviation 1/ℓ).
     gp_cov_momentum: -1 for the exact Laplace precision, else its moving-average momentum.
     gp_cov_ridge_penalty: ridge added to the precision.
     mean_field_factor: lambda of the mean-field logits `logits / sqrt(1 + lambda var)`.
     l2_reg: L2 penalty of the output weights.
     reset_every: steps between precision resets (one data epoch; None: never).
     scale_random_features: multiply the random features by sqrt(2 / D_L).
+    random_features: "orf" (orthogonal) or "gaussian" (ub's 'orf' / 'rff').
+    output_initializer: initializer of the output weights (ub ImageNet:
+      `RandomNormal(stddev=0.01)`, gin `@keras.initializers.RandomNormal()`).
   """
 
   def __init__(
     self,
     num_inducing: int = 1024,
-    normalize_input: bool = True,
-    kernel_scale: float = 1.0,
+    normalize_input: bool = False,
+    kernel_scale: float = 20.0,
     gp_cov_momentum: float = -1.0,
     gp_cov_ridge_penalty: float = 1.0,
     mean_field_factor: float = math.pi / 8,
     l2_reg: float = 0.0,
     reset_every: int | None = None,
-    scale_random_features: bool = True,
+    scale_random_features: bool = False,
+    random_features: str = "orf",
+    output_initializer: str | keras.initializers.Initializer = "glorot_uniform",
   ):
     self.gp_args = dict(
       num_inducing=num_inducing,
       normalize_input=normalize_input,
       scale_random_features=scale_random_features,
       kernel_scale=kernel_scale,
+      random_features=random_features,
       gp_cov_momentum=gp_cov_momentum,
       gp_cov_ridge_penalty=gp_cov_ridge_penalty,
+      output_initializer=output_initializer,
       kernel_regularizer=keras.regularizers.L2(l2_reg) if l2_reg else None,
     )
     self.mean_field_factor = mean_field_factor
     self.reset_every = reset_every
     self.built_layers = []
 
-  def gp_logits(self, embedding, num_classes):
+  def gp_outputs(self, embedding, num_classes):
+    """The GP layer's `(logits, variance)` before the mean-field adjustment."""
     gp = RandomFeatureGaussianProcess(num_classes, name="gp", dtype="float32", **self.gp_args)
     self.built_layers.append(gp)
-    logits, variance = gp(embedding)
+    return gp(embedding)
+
+  def gp_logits(self, embedding, num_classes):
+    logits, variance = self.gp_outputs(embedding, num_classes)
     return MeanFieldLogits(self.mean_field_factor, name="mean_field")((logits, variance)), variance
 
   def __call__(self, embedding, num_classes, members):
@@ -218,6 +233,9 @@ class Heteroscedastic(Head):
     train_mc_samples, test_mc_samples: Monte Carlo samples in training / at inference.
     multilabel: `MCSigmoidDenseFA` (sigmoid likelihood) instead of `MCSoftmaxDenseFA`.
     xl: HET-XL (`HetXLDense`): the noise covariance lives in the D-dim embedding space.
+    share_samples_across_batch: one set of noise draws for the whole batch (ub's HetSNGP
+      and HET-XL runs set it).
+    min_scale: floor added to the diagonal noise scale (edward2: 1e-3).
   """
 
   def __init__(
@@ -228,6 +246,8 @@ class Heteroscedastic(Head):
     test_mc_samples: int = 1000,
     multilabel: bool = False,
     xl: bool = False,
+    share_samples_across_batch: bool = False,
+    min_scale: float = 1e-3,
   ):
     if temperature <= 0:
       raise ValueError(f"temperature must be > 0, got {temperature}.")
@@ -236,12 +256,16 @@ class Heteroscedastic(Head):
       temperature=temperature,
       train_mc_samples=train_mc_samples,
       test_mc_samples=test_mc_samples,
+      share_samples_across_batch=share_samples_across_batch,
+      min_scale=min_scale,
     )
     self.multilabel, self.xl = multilabel, xl
 
-  def het_layer(self, num_classes):
+  def het_layer(self, num_classes, **overrides):
+    """The layer; `overrides` are extra layer arguments (HetSNGP's variance weights)."""
+    args = {**self.args, **overrides}
     if self.xl:
-      return HetXLDense(num_classes, name="het", dtype="float32", **self.args)
+      return HetXLDense(num_classes, name="het", dtype="float32", **args)
     if self.args["num_factors"] >= num_classes:
       raise ValueError(
         f"num_factors={self.args['num_factors']} must be smaller than the "
@@ -249,22 +273,54 @@ class Heteroscedastic(Head):
         "for 1000 ImageNet classes, and at most C - 1."
       )
     cls = MCSigmoidDenseFA if self.multilabel else MCSoftmaxDenseFA
-    return cls(num_classes, name="het", dtype="float32", **self.args)
+    return cls(num_classes, name="het", dtype="float32", **args)
 
   def __call__(self, embedding, num_classes, members):
     x = self.het_layer(num_classes)(embedding)
     return layers.MemberAxis(members, name="logits")(x), {}
 
 
-class HetGP(Head):
-  """HetSNGP: GP mean logits (mean-field) as the location of heteroscedastic noise."""
+HETGP_INFERENCE = ("edward2", "mean_field")
 
-  def __init__(self, gp: GaussianProcess, het: Heteroscedastic):
-    self.gp, self.het = gp, het
+
+class HetGP(Head):
+  """HetSNGP: the GP's logits as the location of heteroscedastic noise.
+
+  `inference="edward2"` (default) is edward2's `HeteroscedasticSNGPLayer`, which ub's
+  HetSNGP models use: the location is the GP's raw logits, and at test time the GP
+  predictive variance v(x) joins the diagonal noise, `d ← sqrt(het_var_weight · d² +
+  sngp_var_weight · v)`; no mean-field factor. `"mean_field"` (this package's earlier
+  form, kept as an option) uses the mean-field logits as the location and never adds v.
+
+  Args:
+    gp, het: the parts (`gp_head`, `het_head`).
+    inference: one of `HETGP_INFERENCE`.
+    sngp_var_weight, het_var_weight: the weights of the two variances (edward2: 1, 1).
+  """
+
+  def __init__(
+    self,
+    gp: GaussianProcess,
+    het: Heteroscedastic,
+    inference: str = "edward2",
+    sngp_var_weight: float = 1.0,
+    het_var_weight: float = 1.0,
+  ):
+    if inference not in HETGP_INFERENCE:
+      raise ValueError(f"Unknown HetSNGP inference {inference!r}: choose one of {HETGP_INFERENCE}.")
+    if het.xl or het.multilabel:
+      raise ValueError("HetSNGP's noise is on the logits: use het_head with xl=False.")
+    self.gp, self.het, self.inference = gp, het, inference
+    self.weights = dict(loc_var_weight=sngp_var_weight, het_var_weight=het_var_weight)
 
   def __call__(self, embedding, num_classes, members):
-    loc, _ = self.gp.gp_logits(embedding, num_classes)
-    x = self.het.het_layer(num_classes)(embedding, loc=loc)
+    if self.inference == "mean_field":
+      loc, _ = self.gp.gp_logits(embedding, num_classes)
+      x = self.het.het_layer(num_classes)(embedding, loc=loc)
+    else:
+      loc, variance = self.gp.gp_outputs(embedding, num_classes)
+      het = self.het.het_layer(num_classes, **self.weights)
+      x = het(embedding, loc=loc, loc_variance=variance)
     return layers.MemberAxis(members, name="logits")(x), {}
 
   def callbacks(self):

@@ -49,6 +49,10 @@ class HetSNGP(Method):
   Args:
     gp_head, het_head, spectral_norm: the parts (defaults: their classes' defaults, gin
       `gp_head`, `het_head`, `spectral_norm`).
+    inference: "edward2" (edward2's `HeteroscedasticSNGPLayer`, as ub: GP logits as the
+      location, GP variance added to the noise at test time) or "mean_field" (see
+      `heads.HetGP`).
+    sngp_var_weight, het_var_weight: edward2's weights of the GP and noise variances.
     uncertainty, label_smoothing: as `Method`.
   """
 
@@ -57,10 +61,19 @@ class HetSNGP(Method):
     gp_head: heads.GaussianProcess | None = None,
     het_head: heads.Heteroscedastic | None = None,
     spectral_norm: modifiers.SpectralNorm | None = None,
+    inference: str = "edward2",
+    sngp_var_weight: float = 1.0,
+    het_var_weight: float = 1.0,
     uncertainty: str = "msp",
     label_smoothing: float = 0.0,
   ):
-    head = heads.HetGP(gp_head or heads.GaussianProcess(), het_head or heads.Heteroscedastic())
+    head = heads.HetGP(
+      gp_head or heads.GaussianProcess(),
+      het_head or heads.Heteroscedastic(),
+      inference=inference,
+      sngp_var_weight=sngp_var_weight,
+      het_var_weight=het_var_weight,
+    )
     super().__init__(
       head,
       [spectral_norm or modifiers.SpectralNorm()],

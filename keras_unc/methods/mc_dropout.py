@@ -1,23 +1,40 @@
-"""`mc_dropout`: dropout kept on at inference before the output layer, S samples averaged.
+"""`mc_dropout`: dropout kept on at inference, S forward samples averaged.
+
+Two placements: `"last_layer"`, one dropout layer before the output layer (the input
+batch is tiled S times after the backbone: cheap, the backbone runs once), and
+`"backbone"`, dropout in every residual block of a ResNet / Wide ResNet (uncertainty-baselines'
+`resnet50_dropout` / `wide_resnet_dropout`; the images are tiled S times before the stem, so
+the whole network is sampled).
 
 Reference: Gal & Ghahramani, "Dropout as a Bayesian Approximation", ICML 2016.
 """
 
 import gin
+import keras
 
-from keras_unc.methods import heads
+from keras_unc import layers
+from keras_unc.methods import heads, modifiers
 from keras_unc.methods.base import Method
 from keras_unc.methods.registry import register
+
+PLACEMENTS = ("last_layer", "backbone")
 
 
 @register("mc_dropout")
 @gin.configurable
 class MCDropout(Method):
-  """Dropout active at inference before the output layer; S samples averaged.
+  """Dropout active at inference; the predictive averages S samples (1 in training).
 
   Args:
     rate: dropout rate.
     num_samples: S forward samples at inference (1 in training).
+    placement: `"last_layer"` (default): one dropout layer on the embedding before the
+      output layer (`heads.MCDropoutHead`). `"backbone"`: uncertainty-baselines' ImageNet /
+      CIFAR MC dropout: always-on dropout after the ReLUs of every residual block of the
+      `resnet` / `wide_resnet` backbone (`modifiers.MCDropoutBackbone`), the images tiled S
+      times before the stem, BatchNorm with its moving statistics at inference, and a plain
+      linear output layer (initialised N(0, 0.01²) as ub's `fc1000`).
+    filterwise: with `placement="backbone"`, drop whole channels (ub `filterwise_dropout`).
     uncertainty, label_smoothing: as `Method`.
   """
 
@@ -25,11 +42,55 @@ class MCDropout(Method):
     self,
     rate: float = 0.1,
     num_samples: int = 10,
+    placement: str = "last_layer",
+    filterwise: bool = False,
     uncertainty: str = "msp",
     label_smoothing: float = 0.0,
   ):
-    super().__init__(
-      heads.MCDropoutHead(rate, num_samples),
-      uncertainty=uncertainty,
-      label_smoothing=label_smoothing,
-    )
+    if placement not in PLACEMENTS:
+      raise ValueError(
+        f"Unknown MC dropout placement {placement!r}: choose one of {PLACEMENTS} "
+        "('backbone' needs a resnet or wide_resnet backbone)."
+      )
+    if filterwise and placement != "backbone":
+      raise ValueError(
+        "filterwise=True drops channels of the backbone's feature maps: it needs "
+        "placement='backbone' (the last-layer dropout acts on a [B, D] embedding)."
+      )
+    self.placement = placement
+    if placement == "backbone":
+      modifier = modifiers.MCDropoutBackbone(rate, num_samples, filterwise)
+      super().__init__(
+        heads.Linear(kernel_initializer=keras.initializers.RandomNormal(stddev=0.01)),
+        [modifier],
+        uncertainty=uncertainty,
+        label_smoothing=label_smoothing,
+      )
+    else:
+      super().__init__(
+        heads.MCDropoutHead(rate, num_samples),
+        uncertainty=uncertainty,
+        label_smoothing=label_smoothing,
+      )
+
+  def build_head(self, embedding, num_classes):
+    if self.placement != "backbone":
+      return super().build_head(embedding, num_classes)
+    # The backbone output is [S*B, D] at inference, [B, D] in training (one sample).
+    s = self.members
+    x = keras.layers.Dense(
+      num_classes,
+      kernel_initializer=self.head.kernel_initializer,
+      bias_initializer=self.head.bias_initializer,
+      name="head",
+      dtype="float32",
+    )(embedding)
+    logits = layers.MemberAxis(s, train_members=1, name="logits")(x)
+    kind = "sigmoid" if self.loss_name == "sigmoid" else "softmax"
+    probs = layers.Predictive(kind, name="probs")(logits)
+    return {
+      "logits": logits,
+      "probs": probs,
+      "uncertainty": layers.UncertaintyScore(self.uncertainty, name="uncertainty")(probs),
+      "embedding": layers.MemberMean(s, train_members=1, name="embedding")(embedding),
+    }

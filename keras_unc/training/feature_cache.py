@@ -18,10 +18,12 @@ evaluators and the export use the full network (backbone from the manifest's che
 the trained head), so what is exported still takes raw images.
 """
 
+import ast
 import hashlib
 import json
 import logging
 import os
+import re
 import time
 
 import gin
@@ -29,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_unc.data import get_source, parse_ops
+from keras_unc.data import get_source, parse_ops, parse_split
 from keras_unc.data.cached import (
   FORMAT_VERSION,
   MANIFEST,
@@ -148,6 +150,54 @@ def _describe_diff(old, new, prefix=""):
     elif a != b:
       lines.append(f"{prefix}{k}: cached {a!r}, now {b!r}")
   return lines
+
+
+# ------------------------------------------------------------------ held-out check
+
+_BINDING_RE = r"^train\.{}\s*=\s*(.+?)\s*$"
+
+
+def _training_run_binding(config_text, name):
+  """The literal value of `train.<name>` in an operative config, else None."""
+  m = re.search(_BINDING_RE.format(name), config_text, re.MULTILINE)
+  if m is None:
+    return None
+  try:
+    return ast.literal_eval(m.group(1))
+  except (ValueError, SyntaxError):  # A reference or macro: unknown.
+    return None
+
+
+def fitted_examples(checkpoint, dataset, split, num_examples):
+  """How many examples of `dataset`/`split` the run that wrote `checkpoint` trained on.
+
+  Reads `train.dataset` and `train.split` from the training workdir's `config.gin` (the
+  checkpoint is `WORKDIR/checkpoints/ckpt-N`) and intersects the two index ranges. 0 when
+  the datasets or split names differ, or when there is no config to tell.
+
+  Args:
+    checkpoint: a checkpoint folder.
+    dataset, split: what is cached, e.g. `"mnist"`, `"train[50000:]"`.
+    num_examples: `split name -> size` of the dataset (e.g. `source.num_examples`).
+  """
+  found = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))), "config.gin")
+  if not os.path.isfile(found):
+    return 0
+  with open(found) as f:
+    text = f.read()
+  trained = _training_run_binding(text, "split")
+  trained = "train" if trained is None and "train.split" not in text else trained
+  if _training_run_binding(text, "dataset") != dataset or not isinstance(trained, str):
+    return 0
+  name = re.match(r"\w*", split.replace(" ", "")).group(0)
+  if re.match(r"\w*", trained.replace(" ", "")).group(0) != name:
+    return 0
+  try:
+    _, lo_a, hi_a = parse_split(trained, {name: num_examples(name)})
+  except ValueError:  # A malformed split in that config: unknown.
+    return 0
+  _, lo_b, hi_b = parse_split(split, {name: num_examples(name)})
+  return max(0, min(hi_a, hi_b) - max(lo_a, lo_b))
 
 
 # ------------------------------------------------------------------ building the cache
@@ -285,6 +335,19 @@ def cache_features(
   if leftovers:
     log.warning("Removed %d partial file(s) of an interrupted run: %s", len(leftovers), leftovers)
 
+  fitted = fitted_examples(ckpt["path"], dataset, split, source.num_examples)
+  if fitted:
+    log.warning(
+      "%d of the %d examples of %s/%s being cached were in the training split of %s: the "
+      "classifier's cross-entropy on them is ~0, so a loss-prediction module (URL pred-net) "
+      "fitted on this cache learns little. Cache a held-out split the backbone did not train "
+      "on (e.g. train on 'train[:50000]', cache 'train[50000:]': demo/url_mnist_backbone.gin).",
+      fitted,
+      n,
+      dataset,
+      split,
+      ckpt["path"],
+    )
   network = build_network(
     method, source.num_classes, source.image_shape, freeze_backbone=True, separate_head=True
   )
@@ -298,6 +361,7 @@ def cache_features(
     "num_classes": source.num_classes,
     "image_shape": list(source.image_shape),
     "embedding_dim": int(network.features.shape[-1]),
+    "fitted_examples": fitted,  # Cached examples the backbone trained on (0: held out).
     "gin_config": gin.config_str(),
     "complete": False,
   }

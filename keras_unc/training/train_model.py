@@ -4,11 +4,16 @@ Its train step checks loss, gradients and parameters for NaN/Inf (also under XLA
 applies the NaN policy.
 """
 
+import re
+
 import keras
 import tensorflow as tf
 from keras import ops
 
 NAN_POLICIES = ("stop", "skip_batch")
+# Variables uncertainty-baselines' coupled L2 applies to (`'kernel' in var.name or 'bias' in
+# var.name`), as a regex on variable paths.
+COUPLED_L2_PATTERN = "kernel|bias"
 NONFINITE_LOSS, NONFINITE_GRADS, NONFINITE_PARAMS = 1, 2, 4
 
 
@@ -64,17 +69,35 @@ class TrainModel(keras.Model):
     network: the functional network from `build_network`.
     method: the method supplying the per-example loss.
     nan_policy: "stop" or "skip_batch" for non-finite steps (see `train_step`).
+    coupled_l2: adds `coupled_l2 * sum ||w||^2` over the trainable variables whose path
+      matches `coupled_l2_pattern` to the loss (uncertainty-baselines' `l2` flag: its
+      gradient `2 * coupled_l2 * w` goes through the optimizer, momentum included).
+    coupled_l2_pattern: regex (`re.search` on variable paths); the default selects what
+      uncertainty-baselines' `'kernel' in var.name or 'bias' in var.name` selects: kernels
+      and biases, not BatchNorm/LayerNorm scales and offsets nor BatchEnsemble fast weights.
   """
 
-  def __init__(self, network, method, nan_policy="stop", **kwargs):
+  def __init__(
+    self,
+    network,
+    method,
+    nan_policy="stop",
+    coupled_l2=0.0,
+    coupled_l2_pattern=COUPLED_L2_PATTERN,
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     if nan_policy not in NAN_POLICIES:
       raise ValueError(
         f"Unknown train.nan_policy {nan_policy!r}: choose one of "
         f"{', '.join(map(repr, NAN_POLICIES))}."
       )
+    if coupled_l2 < 0:
+      raise ValueError(f"train.coupled_l2={coupled_l2} must be >= 0 (0 = off).")
     self.network = network
     self.method = method
+    self.coupled_l2 = float(coupled_l2)
+    self.coupled_l2_pattern = re.compile(coupled_l2_pattern)
     method.attach(network)
     self.nan_policy = nan_policy
     self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
@@ -107,7 +130,24 @@ class TrainModel(keras.Model):
     loss = _replica_scale(ops.mean(self.method.train_loss(x, y, y_pred)))
     for extra in self.losses:  # Regularisers of the layers, already replica-scaled.
       loss = loss + self._aggregate_additional_loss(extra)
+    if self.coupled_l2:
+      loss = loss + _replica_scale(self.coupled_l2 * self.l2_norm_squared())
     return loss
+
+  def coupled_l2_variables(self):
+    """The trainable variables `coupled_l2` applies to (path matches the pattern)."""
+    return [v for v in self.trainable_weights if self.coupled_l2_pattern.search(v.path)]
+
+  def l2_norm_squared(self):
+    """`sum ||w||^2` over `coupled_l2_variables()` (float32)."""
+    chosen = self.coupled_l2_variables()
+    if not chosen:
+      raise ValueError(
+        f"train.coupled_l2_pattern={self.coupled_l2_pattern.pattern!r} matches no trainable "
+        "variable path; paths look like "
+        f"{', '.join(v.path for v in self.trainable_weights[:5])}."
+      )
+    return ops.sum(ops.stack([ops.sum(ops.square(ops.cast(v, "float32"))) for v in chosen]))
 
   def compute_metrics(self, x, y, y_pred, sample_weight=None):
     labels = y if len(y.shape) == 1 else ops.argmax(y, axis=-1)

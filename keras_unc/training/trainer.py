@@ -27,7 +27,7 @@ from keras_unc.runtime import best_checkpoint, checkpoints, distribute, preempti
 from keras_unc.training import callbacks as cbs
 from keras_unc.training import export, feature_cache, optim
 from keras_unc.training.network import build_network
-from keras_unc.training.train_model import TrainModel, describe_nonfinite
+from keras_unc.training.train_model import COUPLED_L2_PATTERN, TrainModel, describe_nonfinite
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,18 @@ MODES = ("train", "eval", "train_and_eval", "export")
 
 def _as_float(x, y):
   return tf.cast(x, tf.float32), y
+
+
+def check_trainable(model: keras.Model, mode: str) -> None:
+  """Refuses a training mode when the model has no trainable weights (the optimizer would
+  fail later with an unpack error that names nothing).
+  """
+  if "train" in mode and not model.trainable_variables:
+    raise ValueError(
+      "The network has no trainable weights (everything is frozen, or the method has no "
+      "weights of its own), so there is nothing to train: unfreeze a part "
+      "(build_network.freeze_backbone = False) or run the eval mode instead."
+    )
 
 
 @gin.configurable(denylist=["workdir", "mode"])
@@ -69,6 +81,11 @@ def train(
   nan_policy: str = "stop",
   eval_metric: str | None = None,
   eval_metric_mode: str = "max",
+  coupled_l2: float = 0.0,
+  coupled_l2_pattern: str = COUPLED_L2_PATTERN,
+  recipe_global_batch: int | None = None,
+  recipe_lr_scaling: str = "linear",
+  allow_recipe_change: bool = False,
 ) -> dict[str, Any]:
   """Trains and/or evaluates and/or exports one model in `workdir`.
 
@@ -110,6 +127,21 @@ def train(
       `avg_downstream_auroc_correct`) in `workdir/best/`, its step and metrics in
       `workdir/best.json`, and report `best_*` values every round (`best_checkpoint`).
     eval_metric_mode: "max" or "min": whether a larger `eval_metric` is better.
+    coupled_l2: L2 penalty `coupled_l2 * sum ||w||^2` added to the loss over the trainable
+      variables whose path matches `coupled_l2_pattern` (`re.search`; default: kernels and
+      biases, as uncertainty-baselines' `l2` flag). 0 = off; independent of
+      `make_optimizer.weight_decay` (decoupled).
+    coupled_l2_pattern: see `coupled_l2`.
+    recipe_global_batch: the examples per optimizer update a published recipe used
+      (`batch_size x make_optimizer.gradient_accumulation_steps` must equal it unless
+      `allow_recipe_change`); None = no check. `batch_size` is global whatever the
+      replica count (each replica gets `batch_size / replicas`).
+    recipe_lr_scaling: how the recipe's learning rate depends on the global batch:
+      "linear" (`base_lr * batch / 256`: uncertainty-baselines, timm SGD), "sqrt"
+      (timm/URL for LAMB and Adam) or "none". Applied to `make_optimizer.learning_rate`
+      only when `allow_recipe_change` lets the batch differ from `recipe_global_batch`.
+    allow_recipe_change: train a recipe at another global batch (learning rate rescaled
+      by `recipe_lr_scaling`, logged).
 
   Returns:
     dict with `step`, the last evaluation `metrics`, the `export` path and the `network`.
@@ -128,13 +160,17 @@ def train(
   lock = workdir_lock.acquire(workdir, strategy) if mode in ("train", "train_and_eval") else None
   replicas = strategy.num_replicas_in_sync
   method = get_method(method) if isinstance(method, str) else (method or Deterministic())
-  multiple = replicas * method.batch_multiple
-  if batch_size % multiple:
-    raise ValueError(
-      f"Global batch size {batch_size} is not divisible by {multiple} "
-      f"({replicas} replicas x {method.batch_multiple} required by method "
-      f"{method.name!r}): set train.batch_size to a multiple of {multiple}."
-    )
+  plan = optim.batch_plan(
+    batch_size,
+    replicas,
+    batch_multiple=method.batch_multiple,
+    method_name=method.name,
+    accumulation_steps=_accumulation_steps(optimizer),
+    recipe_global_batch=recipe_global_batch,
+    recipe_lr_scaling=recipe_lr_scaling,
+    allow_recipe_change=allow_recipe_change,
+    distributed=strategy is not tf.distribute.get_strategy(),
+  )
   if replicas > 1 and steps_per_execution > 1:
     # Keras 3.15 cannot run a multi-step loop on distributed iterators.
     log.warning(
@@ -166,11 +202,22 @@ def train(
         method, source.num_classes, source.image_shape, **(network or {})
       )
     imported = init_from.import_weights(network)  # Public checkpoint (gin: import_weights.path).
-    model = TrainModel(network, method, nan_policy=nan_policy, name="train_model")
-    optimizer = optim.make_optimizer(total_steps, **(optimizer or {}))
+    model = TrainModel(
+      network,
+      method,
+      nan_policy=nan_policy,
+      coupled_l2=coupled_l2,
+      coupled_l2_pattern=coupled_l2_pattern,
+      name="train_model",
+    )
+    optimizer = optim.make_optimizer(
+      total_steps, **{"lr_scale": plan["lr_scale"], **(optimizer or {})}
+    )
+    _log_batch_plan(plan, replicas, optimizer, recipe_global_batch, recipe_lr_scaling)
     model.compile(
       optimizer=optimizer, steps_per_execution=steps_per_execution, jit_compile=jit_compile
     )
+    check_trainable(model, mode)
     optimizer.build(model.trainable_variables)
 
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), keep_checkpoints)
@@ -258,6 +305,36 @@ def train(
   if lock is not None:
     lock.release()
   return {"step": step, "metrics": last, "export": export_path, "network": full_network}
+
+
+def _accumulation_steps(overrides):
+  """`make_optimizer.gradient_accumulation_steps` as this run will use it."""
+  if overrides and "gradient_accumulation_steps" in overrides:
+    return int(overrides["gradient_accumulation_steps"])
+  return int(config.value("make_optimizer.gradient_accumulation_steps"))
+
+
+def _log_batch_plan(plan, replicas, optimizer, recipe_global_batch, rule):
+  lr = optim.peak_learning_rate(optimizer)
+  log.info(
+    "Batch: %d per replica x %d replicas x %d accumulated = %d examples per update; "
+    "peak learning rate %.6g.",
+    plan["per_replica"],
+    replicas,
+    optimizer.gradient_accumulation_steps or 1,
+    plan["global_batch"],
+    lr,
+  )
+  if plan["lr_scale"] != 1.0:
+    log.warning(
+      "train.allow_recipe_change: %d examples per update instead of the recipe's %d; "
+      "learning rate scaled x%.4g (%s rule) to %.6g.",
+      plan["global_batch"],
+      recipe_global_batch,
+      plan["lr_scale"],
+      rule,
+      lr,
+    )
 
 
 def _restore(ckpt, network, optimizer, warm_start, mode, method_name, adapt, imported=False):

@@ -218,3 +218,66 @@ def test_keras_round_trip(tmp_path):
   loaded = keras.saving.load_model(path)
   actual = keras.ops.convert_to_numpy(loaded(images, training=False))
   np.testing.assert_allclose(actual, expected, atol=1e-6)
+
+
+# --- MC dropout in every block (ub resnet50_dropout) and the BatchNorm factory -------------
+
+
+def _dropouts(model):
+  from keras_unc.layers.mc_dropout import MCDropout
+
+  return {layer.name: layer for layer in model.layers if isinstance(layer, MCDropout)}
+
+
+def test_dropout_placement_follows_ub_resnet50_dropout():
+  model = resnet(50, width=0.125, image_size=32, dropout_rate=0.05, filterwise_dropout=True)
+  drops = _dropouts(model)
+  blocks = [f"stage{s}_block{b}" for s, n in enumerate((3, 4, 6, 3), 1) for b in range(1, n + 1)]
+  # ub: after the stem ReLU, after relu 2a and 2b of every bottleneck, after each projection
+  # shortcut's BN (the first block of every stage); not after the last BN or the block output.
+  expected = {"stem_dropout"} | {f"{b}_dropout{i}" for b in blocks for i in (1, 2)}
+  expected |= {f"stage{s}_block1_shortcut_dropout" for s in range(1, 5)}
+  assert set(drops) == expected
+  assert all(d.rate == 0.05 and d.noise_shape == (None, 1, 1, None) for d in drops.values())
+  for drop, source in [
+    ("stem_dropout", "stem_relu"),
+    ("stage2_block3_dropout1", "stage2_block3_relu1"),
+    ("stage2_block3_dropout2", "stage2_block3_relu2"),
+    ("stage3_block1_shortcut_dropout", "stage3_block1_shortcut_bn"),
+  ]:
+    assert model.get_layer(drop).input is model.get_layer(source).output
+  basic = _dropouts(resnet(**TINY, dropout_rate=0.1))
+  assert "stage1_block1_dropout1" in basic and "stage1_block1_dropout2" not in basic
+  assert all(d.noise_shape is None for d in basic.values())
+  assert not _dropouts(resnet(**TINY))  # dropout_rate = 0: no layer at all.
+
+
+def test_dropout_stays_on_at_inference_and_weights_are_unchanged():
+  plain, dropped = resnet(**TINY), resnet(**TINY, dropout_rate=0.3)
+  assert _num_trainable(plain) == _num_trainable(dropped)
+  images = _images()
+  a = keras.ops.convert_to_numpy(dropped(images, training=False))
+  b = keras.ops.convert_to_numpy(dropped(images, training=False))
+  assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1, "0.1", True])
+def test_bad_dropout_rate(rate):
+  with pytest.raises(ValueError, match=r"dropout_rate must be a float in \[0, 1\)"):
+    resnet(**TINY, dropout_rate=rate)
+
+
+def test_batchnorm_factory_builds_every_batchnorm():
+  from keras_unc.backbones.factories import default_batchnorm
+
+  calls = []
+
+  def batchnorm_factory(*, name, block=None, **kwargs):
+    calls.append((name, block, kwargs["momentum"], kwargs["epsilon"]))
+    return default_batchnorm(name=name, block=block, **kwargs)
+
+  model = resnet(**TINY, batchnorm_factory=batchnorm_factory, bn_momentum=0.8)
+  bns = {layer.name for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+  assert {c[0] for c in calls} == bns and len(calls) == len(bns)
+  assert ("stem_bn", None, 0.8, 1e-5) in calls
+  assert all(name.startswith(block + "_") for name, block, *_ in calls if block is not None)

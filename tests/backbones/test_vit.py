@@ -380,3 +380,136 @@ def test_keras_round_trip_map(tmp_path):
 def test_unknown_pooling_error():
   with pytest.raises(ValueError, match="pooling must be 'token', 'gap' or 'map'"):
     _tiny_vit(pooling="max")
+
+
+# --- tanh GELU (flax nn.gelu) and rep_size pre-logits (big_vision) -------------------------
+
+
+def _gelu_tanh(x):
+  # flax nn.gelu(approximate=True), from its formula.
+  return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def test_gelu_layer_harness(tmp_path):
+  from keras_unc.backbones.vit import GELU
+  from tests.layers.helpers import run_layer_test
+
+  x = np.random.default_rng(0).normal(size=(3, 5)).astype("float32")
+  report = run_layer_test(
+    GELU,
+    {"approximate": True},
+    x,
+    tmp_path=tmp_path,
+    expected_output_shape=(3, 5),
+    expected_num_trainable_weights=0,
+    expected_num_non_trainable_weights=0,
+    expected_num_seed_generators=0,
+    run_training_check=False,
+  )
+  assert report.loaded_layer.approximate is True
+  np.testing.assert_allclose(report.outputs[0], _gelu_tanh(x.astype(np.float64)), atol=1e-6)
+  with pytest.raises(ValueError, match="GELU approximate must be True"):
+    GELU("tanh")
+
+
+def _mlp_block_reference(model, images, gelu):
+  """Block 0 of a depth-1 ViT in NumPy: tokens in, tokens out."""
+  tokens = keras.Model(model.input, model.get_layer("posemb").output)(images)
+  x = keras.ops.convert_to_numpy(tokens).astype(np.float64)
+
+  def w(name):
+    return [keras.ops.convert_to_numpy(v).astype(np.float64) for v in model.get_layer(name).weights]
+
+  y = _layer_norm(x, *w("block0_ln_1"))
+  q, k, v = (
+    y @ w(f"block0_attn_{s}")[0] + w(f"block0_attn_{s}")[1] for s in ("query", "key", "value")
+  )
+  heads, hd = 2, 16
+  out = np.zeros_like(x)
+  for h in range(heads):
+    c = slice(h * hd, (h + 1) * hd)
+    logits = np.einsum("bqd,bkd->bqk", q[..., c], k[..., c]) / np.sqrt(hd)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    out[..., c] = np.einsum("bqk,bkd->bqd", p, v[..., c])
+  x = x + out @ w("block0_attn_out")[0] + w("block0_attn_out")[1]
+  y = _layer_norm(x, *w("block0_ln_2"))
+  y = gelu(y @ w("block0_mlp_dense_1")[0] + w("block0_mlp_dense_1")[1])
+  return x + y @ w("block0_mlp_dense_2")[0] + w("block0_mlp_dense_2")[1]
+
+
+def test_tanh_gelu_block_matches_numpy_and_differs_from_exact():
+  model = _tiny_vit(depth=1, gelu_approximate=True, posemb="sincos2d", pooling="gap")
+  rng = np.random.default_rng(3)
+  for weight in model.trainable_weights:
+    weight.assign((0.5 * rng.normal(size=weight.shape)).astype("float32"))
+  images = _images()
+  block = keras.Model(model.input, model.get_layer("block0_add_2").output)
+  actual = keras.ops.convert_to_numpy(block(images)).astype(np.float64)
+  tanh_ref = _mlp_block_reference(model, images, _gelu_tanh)
+  exact_ref = _mlp_block_reference(model, images, _gelu)
+  np.testing.assert_allclose(actual, tanh_ref, atol=2e-5, rtol=1e-5)
+  assert np.abs(actual - exact_ref).max() > 1e-4
+  # The layer itself, on the MLP pre-activations, to float tolerance.
+  gelu = model.get_layer("block0_mlp_gelu")
+  z = rng.normal(scale=3.0, size=(4, 64)).astype("float32")
+  np.testing.assert_allclose(
+    keras.ops.convert_to_numpy(gelu(z)), _gelu_tanh(z.astype(np.float64)), atol=1e-6
+  )
+  assert np.abs(_gelu_tanh(z.astype(np.float64)) - _gelu(z.astype(np.float64))).max() > 1e-4
+
+
+@pytest.mark.parametrize("rep_size, expected", [(True, 32), (24, 24)])
+def test_rep_size_pre_logits_matches_numpy(rep_size, expected):
+  model = _tiny_vit(pooling="gap", rep_size=rep_size)
+  assert tuple(model.output.shape) == (None, expected)
+  layer = model.get_layer("pre_logits")
+  assert layer.kernel.shape == (32, expected)
+  np.testing.assert_array_equal(layer.bias.numpy(), 0.0)  # flax nn.Dense default.
+  rng = np.random.default_rng(0)
+  layer.bias.assign(rng.normal(size=expected).astype("float32"))
+  images = _images()
+  pooled = keras.Model(model.input, model.get_layer("pool").output)(images)
+  pooled = keras.ops.convert_to_numpy(pooled).astype(np.float64)
+  expected_out = np.tanh(pooled @ layer.kernel.numpy() + layer.bias.numpy())
+  np.testing.assert_allclose(keras.ops.convert_to_numpy(model(images)), expected_out, atol=1e-5)
+  none = _tiny_vit(pooling="gap", rep_size=False)
+  assert "pre_logits" not in {layer.name for layer in none.layers}
+  assert _num_trainable(model) - _num_trainable(none) == 32 * expected + expected
+
+
+def test_rep_size_comes_from_the_dense_factory():
+  calls = []
+
+  def dense_factory(units, *, name, block=None, **kwargs):
+    calls.append((name, block))
+    return default_dense(units, name=name, block=block, **kwargs)
+
+  _tiny_vit(rep_size=16, dense_factory=dense_factory)
+  assert ("pre_logits", "pre_logits") in calls
+
+
+def test_keras_round_trip_rep_size_and_tanh_gelu(tmp_path):
+  model = _tiny_vit(rep_size=True, gelu_approximate=True)
+  images = _images()
+  expected = keras.ops.convert_to_numpy(model(images, training=False))
+  path = str(tmp_path / "vit_rep.keras")
+  model.save(path)
+  loaded = keras.saving.load_model(path)
+  assert loaded.get_layer("block1_mlp_gelu").approximate is True
+  np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(images)), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
+    ({"rep_size": -1}, "rep_size must be an int >= 0 or a bool"),
+    ({"rep_size": 1.5}, "rep_size must be an int >= 0 or a bool"),
+    ({"gelu_approximate": "tanh"}, "gelu_approximate must be True"),
+    ({"batchnorm_factory": lambda **k: None}, "A ViT has no BatchNorm"),
+    ({"dropout_rate": 0.1}, "placement='last_layer'"),
+  ],
+)
+def test_bad_new_arguments(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    _tiny_vit(**kwargs)

@@ -210,3 +210,23 @@ def test_gin_file():
   assert net.backbone.name == "wide_resnet"
   assert tuple(net.backbone.input.shape) == (None, 32, 32, 3)
   assert tuple(net.backbone.output.shape) == (None, 64)
+
+
+def test_mc_dropout_placement_follows_ub_wide_resnet_dropout():
+  from keras_unc.layers.mc_dropout import MCDropout
+
+  def drops(**kwargs):
+    model = wide_resnet(10, 1, image_size=16, **kwargs)
+    return {l.name: l for l in model.layers if isinstance(l, MCDropout)}
+
+  everywhere = drops(dropout_rate=0.1, filterwise_dropout=True)
+  blocks = ("stage1_block1", "stage2_block1", "stage3_block1")
+  expected = {"stem_dropout"} | {f"{b}_dropout{i}" for b in blocks for i in (1, 2, 3)}
+  expected |= {"stage2_block1_shortcut_dropout", "stage3_block1_shortcut_dropout"}
+  assert set(everywhere) == expected
+  assert all(d.noise_shape == (None, 1, 1, None) for d in everywhere.values())
+  residual = drops(dropout_rate=0.1, residual_dropout=True)
+  assert set(residual) == {f"{b}_residual_dropout" for b in blocks}
+  assert not drops()
+  with pytest.raises(ValueError, match=r"dropout_rate must be a float in \[0, 1\)"):
+    drops(dropout_rate=1.0)

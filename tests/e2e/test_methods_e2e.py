@@ -70,8 +70,7 @@ def test_gp_precision_is_checkpointed_and_reset_each_epoch(tmp_path):
   gp = result["network"].get_layer("gp")
   precision = np.asarray(gp.precision_matrix if hasattr(gp, "precision_matrix") else gp.precision)
   # Resets at steps 0 and 4 (reset_every = 4): 2 batches of 32 accumulated since.
-  ridge = np.eye(precision.shape[0])
-  assert not np.allclose(precision, ridge)
+  assert np.abs(precision).max() > 1e-3  # P restarts at 0 at each reset.
   ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"))
   step, arrays, meta = ckpt.load_latest()
   assert step == 6 and meta["method"] == "sngp"

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_unc.layers.batch_ensemble import (
+  BatchNormBatchEnsemble,
   Conv2DBatchEnsemble,
   DenseBatchEnsemble,
   NormalAroundOne,
@@ -291,3 +292,104 @@ def test_one_fit_step_moves_every_weight():
   model.fit(x, y, batch_size=b, epochs=1, verbose=0)
   for v in model.trainable_weights:  # SGD: a moved weight had a non-zero gradient.
     assert np.abs(np.asarray(v) - before[v.path]).max() > 1e-6, v.path
+
+
+# --- Per-member BatchNorm (ub use_ensemble_bn, edward2 EnsembleSyncBatchNorm) --------------
+
+
+@pytest.mark.parametrize(
+  "init_kwargs, data",
+  [
+    ({"ensemble_size": 2, "momentum": 0.9, "epsilon": 1e-5}, _data(4, 3, 3, 5)),
+    ({"ensemble_size": 3, "gamma_initializer": "zeros", "center": True}, _data(6, 4)),
+  ],
+  ids=["conv_maps", "vectors"],
+)
+def test_batchnorm_harness(init_kwargs, data, tmp_path):
+  # gamma and beta [M, C] trainable; moving mean and variance [M, C] not.
+  report = run_layer_test(
+    BatchNormBatchEnsemble,
+    init_kwargs,
+    data,
+    tmp_path=tmp_path,
+    expected_output_shape=data.shape,
+    expected_num_trainable_weights=2,
+    expected_num_non_trainable_weights=2,
+    expected_num_seed_generators=0,
+    mixed_precision_output_dtype="bfloat16",
+  )
+  assert report.layer.moving_mean.shape == (init_kwargs["ensemble_size"], data.shape[-1])
+
+
+def _numpy_ensemble_bn(x, m, gamma, beta, mean=None, var=None, eps=1e-5):
+  """edward2 EnsembleSyncBatchNorm on one replica, written out per member in NumPy."""
+  x = x.astype(np.float64)
+  rows = x.shape[0] // m
+  out, means, variances = np.empty_like(x), [], []
+  for i in range(m):
+    xi = x[i * rows : (i + 1) * rows]
+    mu = xi.mean(axis=tuple(range(xi.ndim - 1))) if mean is None else mean[i]
+    v = (xi**2).mean(axis=tuple(range(xi.ndim - 1))) - mu**2 if var is None else var[i]
+    out[i * rows : (i + 1) * rows] = (xi - mu) / np.sqrt(v + eps) * gamma[i] + beta[i]
+    means.append(mu)
+    variances.append(v)
+  return out, np.stack(means), np.stack(variances)
+
+
+def test_batchnorm_per_member_training_and_inference_match_numpy():
+  m, b, c = 3, 4, 5
+  rng = _rng(2)
+  # Members with very different statistics, so pooled statistics would be visibly wrong.
+  x = np.concatenate(
+    [rng.normal(loc=3 * i, scale=1 + i, size=(b, 2, 2, c)) for i in range(m)]
+  ).astype("float32")
+  layer = BatchNormBatchEnsemble(m, momentum=0.9, epsilon=1e-5)
+  layer.build(x.shape)
+  gamma, beta = rng.normal(size=(m, c)), rng.normal(size=(m, c))
+  layer.gamma.assign(gamma.astype("float32"))
+  layer.beta.assign(beta.astype("float32"))
+
+  out = np.asarray(layer(x, training=True))
+  expected, mean, var = _numpy_ensemble_bn(x, m, gamma, beta)
+  np.testing.assert_allclose(out, expected, atol=1e-4)
+  # Moving statistics: momentum * moving + (1 - momentum) * batch (moving starts at 0 / 1).
+  np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * mean, atol=1e-5)
+  np.testing.assert_allclose(layer.moving_variance.numpy(), 0.9 + 0.1 * var, atol=1e-4)
+  pooled, _, _ = _numpy_ensemble_bn(x, 1, gamma[:1], beta[:1])
+  assert np.abs(out - pooled).max() > 0.1  # Not one BatchNorm over all members.
+
+  # Inference: each member's moving statistics, the batch itself is not used.
+  moving_mean, moving_var = rng.normal(size=(m, c)), rng.uniform(0.5, 2.0, size=(m, c))
+  layer.moving_mean.assign(moving_mean.astype("float32"))
+  layer.moving_variance.assign(moving_var.astype("float32"))
+  expected, _, _ = _numpy_ensemble_bn(x, m, gamma, beta, moving_mean, moving_var)
+  np.testing.assert_allclose(np.asarray(layer(x, training=False)), expected, atol=1e-4)
+  np.testing.assert_allclose(layer.moving_mean.numpy(), moving_mean, atol=1e-7)  # Unchanged.
+  layer.trainable = False  # Frozen: inference mode even in a training call (as Keras BN).
+  np.testing.assert_allclose(np.asarray(layer(x, training=True)), expected, atol=1e-4)
+
+
+def test_batchnorm_with_one_member_is_keras_batchnorm():
+  x = _data(6, 3, 3, 4, seed=4)
+  ours = BatchNormBatchEnsemble(1, momentum=0.9, epsilon=1e-5)
+  ref = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+  for training in (True, False, True):
+    np.testing.assert_allclose(
+      np.asarray(ours(x, training=training)), np.asarray(ref(x, training=training)), atol=1e-5
+    )
+  np.testing.assert_allclose(
+    ours.moving_variance.numpy()[0], ref.moving_variance.numpy(), atol=1e-6
+  )
+
+
+def test_batchnorm_errors():
+  with pytest.raises(ValueError, match="ensemble_size must be an int >= 1, got 0"):
+    BatchNormBatchEnsemble(0)
+  with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got 1.5"):
+    BatchNormBatchEnsemble(2, momentum=1.5)
+  with pytest.raises(ValueError, match="epsilon must be > 0, got 0"):
+    BatchNormBatchEnsemble(2, epsilon=0)
+  with pytest.raises(ValueError, match="not divisible by ensemble_size=2"):
+    BatchNormBatchEnsemble(2)(_data(3, 4))
+  with pytest.raises(ValueError, match="rank >= 2 with known channels"):
+    BatchNormBatchEnsemble(2).build((4,))

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_unc.layers.gaussian_process import MeanFieldLogits, RandomFeatureGaussianProcess
+from keras_unc.layers.gaussian_process import (
+  MeanFieldLogits,
+  OrthogonalRandomFeatures,
+  RandomFeatureGaussianProcess,
+  ub_length_scale,
+)
 from tests.layers.helpers import run_layer_test
 
 D_IN, D, C = 3, 16, 4
@@ -24,7 +29,7 @@ def _gp(**kwargs):
   return layer
 
 
-def _phi(layer, x, scale=True):
+def _phi(layer, x, scale=False):
   w, b = layer.random_kernel.numpy(), layer.random_bias.numpy()
   phi = np.cos(x @ w + b)
   return phi * math.sqrt(2.0 / layer.num_inducing) if scale else phi
@@ -98,7 +103,9 @@ def test_layer_harness(layer_cls, init_kwargs, input_data, expected, tmp_path):
 
 
 def test_random_feature_distribution():
-  layer = RandomFeatureGaussianProcess(2, num_inducing=512, kernel_scale=2.0, seed=0)
+  layer = RandomFeatureGaussianProcess(
+    2, num_inducing=512, kernel_scale=2.0, random_features="gaussian", seed=0
+  )
   layer.build((None, 8))
   w, b = layer.random_kernel.numpy(), layer.random_bias.numpy()
   assert abs(w.std() - 0.5) < 0.03 and abs(w.mean()) < 0.03  # W ~ N(0, 1/ℓ²), ℓ = 2.
@@ -126,11 +133,12 @@ def test_logits_are_features_times_beta(scale, normalize, bias):
 
 
 def test_exact_precision_accumulates_and_variance_by_hand():
+  # edward2's LaplaceRandomFeatureCovariance: P starts at 0, v = s φᵀ (s I + P)⁻¹ φ.
   ridge = 0.5
   layer = _gp(gp_cov_ridge_penalty=ridge)
-  np.testing.assert_allclose(layer.precision_matrix.numpy(), ridge * np.eye(D))
+  np.testing.assert_array_equal(layer.precision_matrix.numpy(), np.zeros((D, D)))
   batches = [_x((4, D_IN), seed=s) for s in range(3)]
-  expected = ridge * np.eye(D)
+  expected = np.zeros((D, D))
   for x in batches:
     logits, variance = layer(x, training=True)
     np.testing.assert_array_equal(np.asarray(variance), np.zeros(4))
@@ -139,20 +147,21 @@ def test_exact_precision_accumulates_and_variance_by_hand():
   np.testing.assert_allclose(layer.precision_matrix.numpy(), expected, rtol=1e-5, atol=1e-6)
   x = _x((6, D_IN), seed=9)
   phi = _phi(layer, x)
-  var_expected = ridge * np.einsum("bi,ij,bj->b", phi, np.linalg.inv(expected), phi)
+  cov = np.linalg.inv(ridge * np.eye(D) + expected.astype("float64"))
+  var_expected = ridge * np.einsum("bi,ij,bj->b", phi, cov, phi)
   _, variance = layer(x)
   np.testing.assert_allclose(np.asarray(variance), var_expected, rtol=1e-4)
   assert np.asarray(variance).min() > 0
   layer.reset_covariance()
-  np.testing.assert_allclose(layer.precision_matrix.numpy(), ridge * np.eye(D))
-  _, variance = layer(x)  # P = s·I: v = s · φᵀ φ / s = ‖φ‖².
+  np.testing.assert_array_equal(layer.precision_matrix.numpy(), np.zeros((D, D)))
+  _, variance = layer(x)  # P = 0: v = s · φᵀ φ / s = ‖φ‖².
   np.testing.assert_allclose(np.asarray(variance), (phi**2).sum(-1), rtol=1e-5)
 
 
 def test_momentum_recursion_by_hand():
   m = 0.9
   layer = _gp(gp_cov_momentum=m)
-  expected = np.eye(D)
+  expected = np.zeros((D, D))
   for s, batch in enumerate([4, 3, 5]):
     x = _x((batch, D_IN), seed=s)
     layer(x, training=True)
@@ -169,7 +178,7 @@ def test_logistic_likelihood_weights_by_p_one_minus_p(units):
   logits, _ = layer(x, training=True)
   phi, logits = _phi(layer, x), np.asarray(logits)
   p = 1 / (1 + np.exp(-logits[:, 0])) if units == 1 else _softmax(logits).max(-1)
-  expected = np.eye(D) + phi.T @ (phi * (p * (1 - p))[:, None])
+  expected = phi.T @ (phi * (p * (1 - p))[:, None])
   np.testing.assert_allclose(layer.precision_matrix.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -209,9 +218,9 @@ def test_keras_round_trip_keeps_the_trained_precision_and_variance(tmp_path):
     expected_num_non_trainable_weights=3,
     atol=1e-5,
   )
-  # The harness trains one step before saving: P moved away from ridge · I and came back.
+  # The harness trains one step before saving: P moved away from 0 and came back.
   gp, again = report.layer, report.loaded_layer
-  assert np.abs(gp.precision_matrix.numpy() - 2.0 * np.eye(D)).max() > 1e-3
+  assert np.abs(gp.precision_matrix.numpy()).max() > 1e-3
   np.testing.assert_array_equal(again.precision_matrix.numpy(), gp.precision_matrix.numpy())
   variance, variance_again = np.asarray(gp(x)[1]), np.asarray(again(x)[1])
   assert variance.min() > 0
@@ -233,7 +242,7 @@ def test_mirrored_precision_equals_one_device_for_same_global_batch(momentum):
   for _ in range(2):
     strategy.run(step, args=(dist_x,))
     ref(x, training=True)
-  assert np.abs(ref.precision_matrix.numpy() - np.eye(D)).max() > 1e-3
+  assert np.abs(ref.precision_matrix.numpy()).max() > 1e-3
   for replica_value in strategy.experimental_local_results(layer.precision_matrix.value):
     np.testing.assert_allclose(
       replica_value.numpy(), ref.precision_matrix.numpy(), rtol=1e-5, atol=1e-6
@@ -251,9 +260,107 @@ def test_mirrored_precision_equals_one_device_for_same_global_batch(momentum):
     ({"gp_cov_ridge_penalty": 0.0}, "gp_cov_ridge_penalty"),
     ({"kernel_scale": 0.0}, "kernel_scale"),
     ({"units": 0}, "units"),
+    ({"random_features": "rff"}, "random_features"),
+    ({"solve_dtype": "float16"}, "solve_dtype"),
   ],
 )
 def test_invalid_arguments(kwargs, match):
   kwargs = {"units": 2, **kwargs}
   with pytest.raises(ValueError, match=match):
     RandomFeatureGaussianProcess(kwargs.pop("units"), **kwargs)
+
+
+@pytest.mark.parametrize("d_in, d", [(8, 20), (16, 5)])
+def test_orthogonal_random_features(d_in, d):
+  w = np.asarray(OrthogonalRandomFeatures(stddev=0.5, seed=1)((d_in, d)))
+  assert w.shape == (d_in, d)
+  directions = w / np.linalg.norm(w, axis=0)
+  # Columns within each block of d_in are orthonormal directions (edward2's construction).
+  for start in range(0, d, d_in):
+    block = directions[:, start : start + d_in]
+    np.testing.assert_allclose(block.T @ block, np.eye(block.shape[1]), atol=1e-5)
+  again = np.asarray(OrthogonalRandomFeatures(stddev=0.5, seed=1)((d_in, d)))
+  np.testing.assert_array_equal(w, again)
+  fixed = np.asarray(OrthogonalRandomFeatures(stddev=0.5, random_norm=False, seed=1)((d_in, d)))
+  np.testing.assert_allclose(np.linalg.norm(fixed, axis=0), 0.5 * math.sqrt(d_in), rtol=1e-5)
+
+
+def test_orthogonal_feature_norms_match_a_gaussian_matrix():
+  # E‖w_j‖² = stddev² · d_in, as for a Gaussian column (chi-distributed norms).
+  w = np.asarray(OrthogonalRandomFeatures(stddev=0.5, seed=0)((16, 4096)))
+  np.testing.assert_allclose((w**2).sum(0).mean(), 0.25 * 16, rtol=0.05)
+  layer = _gp(num_inducing=64)  # The layer's default is orthogonal.
+  k = layer.random_kernel.numpy()
+  k = k / np.linalg.norm(k, axis=0)
+  np.testing.assert_allclose(k[:, :D_IN].T @ k[:, :D_IN], np.eye(D_IN), atol=1e-5)
+
+
+def _edward2_rfgp(x, w_ub, b, beta, gp_scale, ridge, train_batches, mean_field):
+  """NumPy transcription of edward2's TF `RandomFeatureGaussianProcess` as ub builds it
+  (`resnet50_sngp.py`: `normalize_input=False`, `scale_random_features=False`, custom
+  random features `cos(x W + b)`, no output bias, momentum -1) followed by ub's
+  `mean_field_logits`."""
+
+  def features(h):
+    return np.cos((h * (1.0 / np.sqrt(gp_scale))) @ w_ub + b)
+
+  precision = np.zeros((w_ub.shape[1],) * 2)
+  for batch in train_batches:
+    phi = features(batch)
+    precision = precision + phi.T @ phi
+  covariance = np.linalg.inv(ridge * np.eye(len(precision)) + precision)
+  phi = features(x)
+  logits = phi @ beta
+  variance = np.diag(phi @ (covariance @ phi.T * ridge))
+  return logits / np.sqrt(1.0 + mean_field * variance)[:, None], variance
+
+
+def test_matches_ub_sngp_layer_on_copied_weights():
+  # ub: gp_scale = 2, ORF kernel of standard deviation 0.05. Here: kernel_scale =
+  # ub_length_scale(2) = 20·sqrt(2) and W = W_ub / sqrt(gp_scale).
+  gp_scale, ridge, mean_field = 2.0, 1.0, 1.0
+  assert ub_length_scale(gp_scale) == pytest.approx(20.0 * math.sqrt(2.0))
+  assert ub_length_scale(gp_scale, gp_input_normalization=True) == pytest.approx(20.0)
+  layer = _gp(kernel_scale=ub_length_scale(gp_scale), gp_cov_ridge_penalty=ridge, num_inducing=32)
+  rng = np.random.default_rng(0)
+  w_ub = np.asarray(OrthogonalRandomFeatures(stddev=0.05, seed=5)((D_IN, 32)))
+  b = rng.uniform(0, 2 * np.pi, 32).astype("float32")
+  beta = rng.normal(size=(32, C)).astype("float32")
+  layer.random_kernel.assign(w_ub / np.sqrt(gp_scale))
+  layer.random_bias.assign(b)
+  layer.beta.assign(beta)
+  inputs = [(20 * _x((8, D_IN), seed=s)) for s in range(3)]
+  for batch in inputs:
+    layer(batch, training=True)
+  x = 20 * _x((6, D_IN), seed=11)
+  logits, variance = layer(x)
+  adjusted = MeanFieldLogits(mean_field)((logits, variance))
+  want_logits, want_var = _edward2_rfgp(x, w_ub, b, beta, gp_scale, ridge, inputs, mean_field)
+  np.testing.assert_allclose(np.asarray(variance), want_var, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(adjusted), want_logits, rtol=1e-4, atol=1e-5)
+  # The same length-scale in distribution: W ~ 0.05 · W₀ / sqrt(gp_scale).
+  wide = _gp(kernel_scale=ub_length_scale(gp_scale), num_inducing=4096).random_kernel.numpy()
+  np.testing.assert_allclose(wide.std(), 0.05 / math.sqrt(gp_scale), rtol=0.05)
+
+
+def test_variance_is_stable_for_an_ill_conditioned_precision():
+  # Many copies of a few feature vectors: P has rank 2 and eigenvalues ~1e4, s = 1e-2
+  # (condition number ~1e6, an epoch of a large dataset reaches this). The float64 solve
+  # (default) gives v to 1e-3 of the exact value for the stored P; a float32 solve does not.
+  ridge = 1e-2
+  x = np.repeat(_x((2, D_IN), seed=3), 1000, axis=0)
+  got = {}
+  for dtype in ("float64", "float32"):
+    layer = _gp(gp_cov_ridge_penalty=ridge, solve_dtype=dtype)
+    layer(x, training=True)
+    probe = _x((3, D_IN), seed=4)
+    phi = _phi(layer, probe).astype("float64")
+    p = layer.precision_matrix.numpy().astype("float64")
+    want = ridge * np.einsum("bi,bi->b", phi, np.linalg.solve(ridge * np.eye(D) + p, phi.T).T)
+    try:
+      got[dtype] = np.asarray(layer(probe)[1])
+    except (ValueError, tf.errors.InvalidArgumentError):  # float32 Cholesky can fail.
+      got[dtype] = np.full(3, np.nan)
+  assert np.linalg.cond(ridge * np.eye(D) + p) > 1e5
+  np.testing.assert_allclose(got["float64"], want, rtol=1e-3)
+  assert not np.allclose(got["float32"], want, rtol=1e-3)

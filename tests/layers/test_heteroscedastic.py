@@ -108,6 +108,11 @@ def _softplus(x):
   return np.logaddexp(0.0, x)
 
 
+def _diag(layer, x):
+  """edward2's diagonal scale: softplus(Dense(x)) + MIN_SCALE_MONTE_CARLO (1e-3)."""
+  return _softplus(_dense(layer.diag_layer, x)) + layer.min_scale
+
+
 def _log_softmax(x):
   x = x - x.max(-1, keepdims=True)
   return x - np.log(np.exp(x).sum(-1, keepdims=True))
@@ -124,7 +129,9 @@ def _dense(layer, x):
 
 
 def _silence_noise(layer):
-  """Zero factor kernels and softplus(−100) ≈ 0 diagonal scale: the layer becomes μ / τ."""
+  """Zero factor kernels, softplus(−100) ≈ 0 diagonal scale and no floor: the layer becomes
+  μ / τ."""
+  layer.min_scale = 0.0
   for sub in (layer.scale_layer, getattr(layer, "scale_layer_heteroscedastic", None)):
     if sub is not None:
       sub.kernel.assign(np.zeros(sub.kernel.shape, "float32"))
@@ -162,9 +169,9 @@ def fixed_noise(monkeypatch):
   return install
 
 
-def _latent_by_hand(layer, x, eps_r, eps_d, loc=None):
+def _latent_by_hand(layer, x, eps_r, eps_d, loc=None, diag=None):
   mu = _dense(layer.loc_layer, x) if loc is None else loc
-  noise = _softplus(_dense(layer.diag_layer, x))[:, None] * eps_d
+  noise = (_diag(layer, x) if diag is None else diag)[:, None] * eps_d
   if layer.num_factors and layer.parameter_efficient:
     v = _dense(layer.scale_layer_heteroscedastic, x)
     noise = noise + v[:, None] * (eps_r @ np.asarray(layer.shared_factor))
@@ -275,6 +282,49 @@ def test_loc_passthrough_replaces_the_mean_layer(fixed_noise):
     MCSoftmaxDenseFA(C, num_factors=2)(x, loc=loc[:, :2])
 
 
+def test_loc_variance_joins_the_diagonal_noise_at_test_time(fixed_noise):
+  # edward2's HeteroscedasticSNGPLayer._compute_scale_param: at test time the diagonal
+  # scale is sqrt(het_var_weight · d² + sngp_var_weight · v); in training it is d.
+  drawn = fixed_noise(MCSoftmaxDenseFA)
+  x = _x()
+  rng = np.random.default_rng(3)
+  loc = rng.normal(size=(B, C)).astype("float32")
+  variance = rng.uniform(0.5, 4.0, size=B).astype("float32")
+  layer = MCSoftmaxDenseFA(
+    C,
+    num_factors=2,
+    train_mc_samples=3,
+    test_mc_samples=4,
+    het_var_weight=0.5,
+    loc_var_weight=2.0,
+  )
+  layer(x, loc=loc, loc_variance=variance)
+  _randomise(layer)
+  out = np.asarray(layer(x, loc=loc, loc_variance=variance))
+  diag = np.sqrt(0.5 * _diag(layer, x) ** 2 + 2.0 * variance[:, None])
+  want = _log_mean_softmax(_latent_by_hand(layer, x, *drawn[4], loc=loc, diag=diag))
+  np.testing.assert_allclose(out, want, atol=1e-5)
+  without = _log_mean_softmax(_latent_by_hand(layer, x, *drawn[4], loc=loc))
+  assert not np.allclose(out, without, atol=1e-3)
+  trained = np.asarray(layer(x, loc=loc, loc_variance=variance, training=True))
+  np.testing.assert_allclose(
+    trained, _log_mean_softmax(_latent_by_hand(layer, x, *drawn[3], loc=loc)), atol=1e-5
+  )
+
+
+def test_min_scale_floors_the_diagonal_noise():
+  x = _x()
+  layer = MCSoftmaxDenseFA(C, num_factors=0, test_mc_samples=2000, seed=0, return_samples=True)
+  layer(x)
+  layer.diag_layer.kernel.assign(np.zeros(layer.diag_layer.kernel.shape, "float32"))
+  layer.diag_layer.bias.assign(np.full(layer.diag_layer.bias.shape, -100.0, "float32"))
+  _, samples = layer(x)
+  # softplus(−100) ≈ 0: the latent logits still spread with standard deviation 1e-3.
+  np.testing.assert_allclose(np.asarray(samples).std(1), 1e-3, rtol=0.1)
+  with pytest.raises(ValueError, match="min_scale"):
+    MCSoftmaxDenseFA(C, num_factors=0, min_scale=-1.0)
+
+
 def test_sigmoid_fa_matches_numpy_with_fixed_noise(fixed_noise):
   drawn = fixed_noise(MCSigmoidDenseFA)
   layer = MCSigmoidDenseFA(C, num_factors=2, temperature=1.5, test_mc_samples=5)
@@ -301,19 +351,27 @@ def test_sigmoid_zero_noise_is_stable_for_large_logits():
 
 
 def _hetxl_by_hand(layer, x, eps_r, eps_d, tau):
-  d = _softplus(_dense(layer.diag_layer, x))
+  d = _diag(layer, x)
+  eps_d = np.broadcast_to(eps_d, (x.shape[0],) + eps_d.shape[1:])
   z = x[:, None] + d[:, None] * eps_d
   if layer.num_factors:
     factor = _dense(layer.scale_layer, x).reshape(x.shape[0], D, layer.num_factors)
+    eps_r = np.broadcast_to(eps_r, (x.shape[0],) + eps_r.shape[1:])
     z = z + np.einsum("bdr,bsr->bsd", factor, eps_r)
   return _log_mean_softmax(_dense(layer.classifier, z) / tau)
 
 
-@pytest.mark.parametrize("num_factors", [2, 0])
-def test_hetxl_matches_numpy_with_fixed_noise(fixed_noise, num_factors):
+@pytest.mark.parametrize("num_factors, shared", [(2, False), (0, False), (2, True), (0, True)])
+def test_hetxl_matches_numpy_with_fixed_noise(fixed_noise, num_factors, shared):
+  # Shared: S = 5 >= C = 4 takes the [S, D] @ [B, D, C] path at test time, S = 2 the other.
   drawn = fixed_noise(HetXLDense)
   layer = HetXLDense(
-    C, num_factors=num_factors, temperature=0.8, train_mc_samples=2, test_mc_samples=5
+    C,
+    num_factors=num_factors,
+    temperature=0.8,
+    train_mc_samples=2,
+    test_mc_samples=5,
+    share_samples_across_batch=shared,
   )
   x = _x()
   layer(x)
@@ -356,7 +414,7 @@ def test_hetxl_covariance_log_det_matches_slogdet(num_factors):
   got = np.asarray(layer.covariance_log_det(x))
   assert got.shape == (B,)
   x64 = x.astype("float64")
-  d = _softplus(_dense(layer.diag_layer, x64))
+  d = _diag(layer, x64)
   for i in range(B):
     cov = np.diag(d[i] ** 2)
     if num_factors:

@@ -29,6 +29,18 @@ HARNESS_CASES = [
     id="mc_dropout",
   ),
   pytest.param(
+    MCDropout,
+    {"rate": 0.3, "seed": 1, "noise_shape": (None, 1, 1, None)},
+    _x(2, 3, 3, 4),
+    {
+      "expected_output_shape": (2, 3, 3, 4),
+      "expected_num_trainable_weights": 0,
+      "expected_num_seed_generators": 1,
+      "deterministic": False,
+    },
+    id="mc_dropout_filterwise",
+  ),
+  pytest.param(
     ShallowEnsembleHead,
     {"num_classes": 4, "num_heads": 3, "bias_initializer": "ones"},
     _x(2, 5),
@@ -122,3 +134,24 @@ def test_shallow_ensemble_errors():
     ShallowEnsembleHead(4, 0)
   with pytest.raises(ValueError, match="num_classes must be an int >= 1, got 0"):
     ShallowEnsembleHead(0, 2)
+
+
+def test_filterwise_dropout_zeroes_whole_channels_per_example():
+  rate = 0.4
+  layer = MCDropout(rate, seed=2, noise_shape=(None, 1, 1, None))
+  x = np.ones((64, 5, 5, 16), "float32")
+  out = np.asarray(layer(x, training=False))
+  dropped = (out == 0).all(axis=(1, 2))  # [B, C]: a channel is all zero ...
+  kept = np.isclose(out, 1.0 / (1.0 - rate)).all(axis=(1, 2))  # ... or all kept.
+  assert (dropped ^ kept).all()
+  assert abs(dropped.mean() - rate) < 0.05
+  assert not (dropped == dropped[:1]).all()  # Masks differ between examples.
+  unitwise = np.asarray(MCDropout(rate, seed=2)(x))
+  assert not ((unitwise == 0).all(axis=(1, 2)) ^ (unitwise != 0).all(axis=(1, 2))).all()
+
+
+def test_noise_shape_errors():
+  with pytest.raises(ValueError, match="noise_shape must hold ints >= 1 or None"):
+    MCDropout(0.1, noise_shape=(None, 0))
+  with pytest.raises(ValueError, match="noise_shape .* has 4 axes, the inputs 2"):
+    MCDropout(0.1, noise_shape=(None, 1, 1, None))(_x(2, 3))

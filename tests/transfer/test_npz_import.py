@@ -17,7 +17,8 @@ from keras_unc.methods.base import Method
 from keras_unc.training.network import build_network
 
 D, HEADS, MLP, PATCH, DEPTH = 16, 2, 32, 4, 2
-TINY = dict(width=D, depth=DEPTH, mlp_dim=MLP, num_heads=HEADS)
+# flax ViTs (the sources of these checkpoints) use the tanh GELU; round trips start there.
+TINY = dict(width=D, depth=DEPTH, mlp_dim=MLP, num_heads=HEADS, gelu_approximate=True)
 
 
 def _vit(image_size=16, **kwargs):
@@ -99,8 +100,19 @@ def _layer_norm(x, scale, bias):
   return (x - mu) / np.sqrt(var + 1e-6) * scale + bias
 
 
-def _numpy_vit(p, images, fmt, token, depth=DEPTH):
-  """The flax ViT forward pass in NumPy (float64), from the public parameters."""
+def _gelu_tanh(y):
+  """flax `nn.gelu` (approximate=True), written out from its formula."""
+  return 0.5 * y * (1 + np.tanh(math.sqrt(2 / math.pi) * (y + 0.044715 * y**3)))
+
+
+def _gelu_exact(y):
+  return 0.5 * y * (1 + scipy.special.erf(y / math.sqrt(2)))
+
+
+def _numpy_vit(p, images, fmt, token, depth=DEPTH, gelu=_gelu_tanh):
+  """The flax ViT forward pass in NumPy (float64), from the public parameters; with
+  `pre_logits/*` the tanh representation layer after the pooling (big_vision `rep_size`).
+  """
   n = NAMES[fmt]
   x = images.astype("float64")
   b, h, w, c = x.shape
@@ -131,21 +143,63 @@ def _numpy_vit(p, images, fmt, token, depth=DEPTH):
     m = pre + n["mlp"] + "/"
     y = _layer_norm(x, p[pre + n["ln2"] + "/scale"], p[pre + n["ln2"] + "/bias"])
     y = y @ p[m + "Dense_0/kernel"] + p[m + "Dense_0/bias"]
-    y = 0.5 * y * (1 + scipy.special.erf(y / math.sqrt(2)))  # Exact GELU, as our ViT.
-    x = x + y @ p[m + "Dense_1/kernel"] + p[m + "Dense_1/bias"]
+    x = x + gelu(y) @ p[m + "Dense_1/kernel"] + p[m + "Dense_1/bias"]
   x = _layer_norm(x, p["Transformer/encoder_norm/scale"], p["Transformer/encoder_norm/bias"])
-  return x[:, 0] if token else x.mean(axis=1)
+  x = x[:, 0] if token else x.mean(axis=1)
+  if "pre_logits/kernel" in p:
+    x = np.tanh(x @ p["pre_logits/kernel"] + p["pre_logits/bias"])
+  return x
 
 
 @pytest.mark.parametrize("fmt", ["big_vision", "vit_npz"])
 @pytest.mark.parametrize("token", [True, False])
 def test_public_layout_matches_numpy_reference(fmt, token):
   ckpt = _public_checkpoint(fmt, token=token)
-  model = _vit(pooling="token" if token else "gap")
+  # Built with the exact GELU: the import switches it to flax's tanh form.
+  model = _vit(pooling="token" if token else "gap", gelu_approximate=False)
   report = npz_import.import_npz(model, ckpt, format="auto")
   assert report["format"] == fmt and report["loaded"] == len(ckpt)
+  assert report["gelu"] == "tanh"
   x = _images()
   np.testing.assert_allclose(_out(model, x), _numpy_vit(ckpt, x, fmt, token), atol=2e-5)
+
+
+def test_gelu_form_is_the_sources_and_can_be_chosen():
+  ckpt = _public_checkpoint("vit_npz")
+  x = _images()
+  tanh_ref = _numpy_vit(ckpt, x, "vit_npz", True)
+  exact_ref = _numpy_vit(ckpt, x, "vit_npz", True, gelu=_gelu_exact)
+  assert np.abs(tanh_ref - exact_ref).max() > 1e-4  # The forms are distinguishable here.
+  model = _vit(gelu_approximate=True)
+  report = npz_import.import_npz(model, ckpt, gelu="exact")  # e.g. timm weights.
+  assert report["gelu"] == "exact"
+  np.testing.assert_allclose(_out(model, x), exact_ref, atol=2e-5)
+  report = npz_import.import_npz(model, ckpt, gelu="keep")
+  assert report["gelu"] == "exact"
+  with pytest.raises(NpzImportError, match="Unknown gelu 'erf'"):
+    npz_import.import_npz(model, ckpt, gelu="erf")
+
+
+@pytest.mark.parametrize("rep_size", [True, 24])
+def test_pre_logits_load_into_rep_size_and_match_numpy(rep_size):
+  ckpt = _public_checkpoint("big_vision", token=False)
+  width = D if rep_size is True else rep_size
+  rng = np.random.default_rng(5)
+  ckpt["pre_logits/kernel"] = rng.normal(0, 0.3, (D, width)).astype("float32")
+  ckpt["pre_logits/bias"] = rng.normal(0, 0.3, width).astype("float32")
+  ckpt["head/kernel"], ckpt["head/bias"] = np.ones((width, 5)), np.ones(5)
+  model = _vit(pooling="gap", rep_size=rep_size)
+  report = npz_import.import_npz(model, ckpt)
+  assert "pre_logits/kernel" not in report["skipped"] and "head/kernel" in report["skipped"]
+  x = _images()
+  np.testing.assert_allclose(_out(model, x), _numpy_vit(ckpt, x, "big_vision", False), atol=2e-5)
+  net = _network(pooling="gap", rep_size=rep_size)  # keep_head works on top of pre_logits.
+  npz_import.import_npz(net, ckpt, keep_head=True)
+  np.testing.assert_array_equal(net.get_layer("head").kernel.numpy(), 1.0)
+  exported = npz_import.export_npz(model, format="big_vision")
+  np.testing.assert_array_equal(exported["pre_logits/kernel"], ckpt["pre_logits/kernel"])
+  with pytest.raises(NpzImportError, match="pre_logits/kernel"):  # Missing from a checkpoint.
+    npz_import.import_npz(_vit(pooling="gap", rep_size=rep_size), _public_checkpoint("big_vision"))
 
 
 @pytest.mark.parametrize("fmt", ["big_vision", "vit_npz", "plex"])
@@ -331,7 +385,7 @@ def test_pre_logits_is_dropped_and_blocks_keep_head():
   ckpt["head/kernel"], ckpt["head/bias"] = np.ones((D, 5)), np.ones(5)
   report = npz_import.import_npz(_network(), ckpt)
   assert {"pre_logits/kernel", "head/kernel"} <= set(report["skipped"])
-  with pytest.raises(NpzImportError, match="pre_logits"):
+  with pytest.raises(NpzImportError, match=r"rep_size=<the checkpoint's pre_logits width, 16>"):
     npz_import.import_npz(_network(), ckpt, keep_head=True)
 
 

@@ -36,6 +36,8 @@ def _bound(name, default):
 def test_big_vision_vit_s16():
   _parse("big_vision/vit_s16_i1k.gin")
   assert (_q("vit.variant"), _q("vit.pooling"), _q("vit.posemb")) == ("S/16", "gap", "sincos2d")
+  assert _q("vit.rep_size") is True  # rep_size=True in the config: tanh pre-logits
+  assert _q("vit.gelu_approximate") is True  # flax nn.gelu
   assert _q("build_network.image_size") == 224
   assert _q("train.batch_size") == 1024
   assert _q("train.total_steps") == int(90 * IMAGENET_99 / 1024)

@@ -1,5 +1,6 @@
 """Feature cache (`python -m keras_unc cache`) and the `cached:` source on the tiny digits config."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -274,3 +275,22 @@ def test_overwrite_rebuilds_a_stale_cache(pretrained, tmp_path):
   assert (result["written"], result["skipped"]) == (2, 0)
   assert get_source(f"cached:{tmp_path / 'c'}").epochs()["embedding"].shape == (2, 1500, 16)
   assert (tmp_path / "c" / "notes.txt").exists()  # Only the cache's own files are deleted.
+
+
+def test_a_cache_reads_whole_by_its_own_split_and_flags_fitted_images(pretrained, tmp_path, caplog):
+  base = [f"train.warm_start='{pretrained}'", "cache_features.shard_size=500"]
+  # The backbone trained on all of digits/train: caching a part of it is flagged.
+  with caplog.at_level(logging.WARNING, logger="keras_unc.training.feature_cache"):
+    part = build(tmp_path / "part", *base, "train.split='train[1000:]'")
+  assert part["manifest"]["fitted_examples"] == 500
+  assert "held-out split" in caplog.text
+  source = get_source(f"cached:{tmp_path / 'part'}")
+  # The split the cache was built from is all of it (one gin file caches and trains)...
+  assert source.num_examples("train[1000:]") == source.num_examples("train") == 500
+  assert source.num_examples("train[:100]") == 100  # ...other slices are relative to it.
+  emb, labels = source.arrays("train[1000:]")
+  np.testing.assert_array_equal(labels, get_source("digits").arrays("train[1000:]")[1])
+  np.testing.assert_array_equal(emb, source.arrays("train")[0])
+  assert source.arrays("train[:100]")[0].shape == (100, 16)
+  # A split the backbone never trained on is not flagged.
+  assert build(tmp_path / "held", *base, "train.split='test'")["manifest"]["fitted_examples"] == 0

@@ -31,7 +31,13 @@ URL_BENCHMARK = {
   "resnet50_mcinfonce": (
     "mcinfonce",
     "pred_net",
-    dict(lr_base=2.384205225724591e-05, inv_temp=52.43117045513681, start=0.001, batch=96 * 21),
+    dict(
+      lr_base=2.384205225724591e-05,
+      inv_temp=52.43117045513681,
+      start=0.001,
+      batch=96 * 21,
+      warmup_lr=3.487706876306753e-05,
+    ),
   ),
   "vitm16_mcinfonce": (
     "mcinfonce",
@@ -87,6 +93,7 @@ URL_BENCHMARK = {
       start=0.0,
       hib=2.043464396656407,
       batch=96 * 21,
+      warmup_lr=2.2864937540918197e-06,
     ),
   ),
   "vitm16_hib": (
@@ -169,10 +176,17 @@ def test_url_benchmark_recipe(name):
   assert (method.url_loss, method.module) == (loss, module)
   assert method.unc_start_value == flags["start"]
   batch = flags.get("batch", 128 * 16)
-  assert _q("train.batch_size") == batch
-  steps_per_epoch = 1281167 // batch
-  assert _q("train.total_steps") == 32 * steps_per_epoch
-  assert _q("train.eval_every") == steps_per_epoch
+  # train.py's --batch-size per forward pass x --accumulation_steps = `batch` per update.
+  forward = {96 * 21: 96, 48 * 43: 48, 128 * 16: 128}[batch]
+  accumulation = batch // forward
+  assert _q("train.batch_size") == forward
+  assert _q("make_optimizer.gradient_accumulation_steps") == accumulation
+  assert _q("train.recipe_global_batch") == batch and _q("train.recipe_lr_scaling") == "sqrt"
+  updates_per_epoch = 1281167 // batch
+  assert _q("train.total_steps") == 32 * updates_per_epoch * accumulation  # forward passes
+  assert _q("train.eval_every") == updates_per_epoch * accumulation
+  assert _q("make_optimizer.warmup_steps") == 5 * updates_per_epoch  # updates
+  assert _q("make_optimizer.warmup_start_lr") == flags.get("warmup_lr", 1e-4)
   assert _q("make_optimizer.learning_rate") == pytest.approx(
     flags["lr_base"] * math.sqrt(batch / 256), rel=1e-12
   )
@@ -214,7 +228,11 @@ def test_pretrained_visual_uncertainties_recipe(key):
   assert _q("vit.variant") == PVU[key] and _q("build_network.image_size") == 224
   assert _q("train.dataset") == "tfds:imagenet21k"
   assert _q("make_optimizer.learning_rate") == pytest.approx(0.001 * math.sqrt(2048 / 256))
-  assert _q("train.total_steps") == 32 * (200000 // 2048)
+  # 32 "epochs" of 200000 images = 97 updates of 128 x 16 accumulated images.
+  assert _q("train.batch_size") == 128
+  assert _q("make_optimizer.gradient_accumulation_steps") == 16
+  assert _q("train.total_steps") == 32 * (200000 // 2048) * 16
+  assert _q("make_optimizer.warmup_start_lr") == 1e-4
   _pieces_construct(method)
 
 

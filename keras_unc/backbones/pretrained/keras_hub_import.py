@@ -29,7 +29,12 @@ import logging
 import keras
 import numpy as np
 
-from keras_unc.backbones.pretrained.npz_import import find_backbone, get_layer, resample_posemb
+from keras_unc.backbones.pretrained.npz_import import (
+  find_backbone,
+  get_layer,
+  resample_posemb,
+  set_gelu,
+)
 from keras_unc.backbones.vit import LAYER_NORM_EPSILON
 from keras_unc.layers.batch_ensemble import Conv2DBatchEnsemble, DenseBatchEnsemble
 
@@ -116,6 +121,7 @@ class _Copier:
 
 def _import_vit(hub, backbone, copier, resize_posemb):
   config = hub.get_config()
+  set_gelu(backbone, "exact")  # keras-hub's ViT MLP uses Keras' exact "gelu".
   if abs(config.get("layer_norm_epsilon", 1e-6) - LAYER_NORM_EPSILON) > 1e-12:
     raise KerasHubImportError(
       f"The preset's LayerNorm epsilon is {config['layer_norm_epsilon']}; our ViT uses "

@@ -7,12 +7,14 @@ Three naming schemes are read and written (`format`):
   `[1, gh*gw, D]` (added to the patches *before* the class token is prepended, so it has no
   class-token row), `cls`, `Transformer/encoderblock_{i}/LayerNorm_0`,
   `MultiHeadDotProductAttention_0/{query,key,value,out}`, `LayerNorm_1`,
-  `MlpBlock_0/Dense_{0,1}`, `Transformer/encoder_norm`, `head`.
+  `MlpBlock_0/Dense_{0,1}`, `Transformer/encoder_norm`, `pre_logits` (with `rep_size`),
+  `head`.
 * `"vit_npz"` (google-research `vision_transformer`, original and AugReg checkpoints):
   `Transformer/posembed_input/pos_embedding` `[1, 1 + gh*gw, D]` (added *after* the class
   token, so it covers it), blocks `LayerNorm_0`, `MultiHeadDotProductAttention_1`,
   `LayerNorm_2`, `MlpBlock_3`, and in the original ImageNet-21k checkpoints a `pre_logits`
-  layer (tanh representation), which is dropped as vision_transformer does when fine-tuning.
+  layer (tanh representation), loaded into a ViT built with `rep_size` and otherwise
+  dropped, as vision_transformer does when fine-tuning.
 * `"plex"` (uncertainty-baselines `vit_batchensemble.py`): the `vit_npz` names, with edward2
   `DenseBatchEnsemble` MLPs (`kernel [D_in, D_out]`, `fast_weight_alpha [M, D_in]`,
   `fast_weight_gamma [M, D_out]`, `bias [M, D_out]`) in the BatchEnsemble blocks and a
@@ -28,6 +30,10 @@ A position embedding for another grid is resampled bilinearly (`resample_posemb`
 big_vision's `resample_posemb`: `scipy.ndimage.zoom(order=1)`, corners aligned), the class
 token row kept. Every parameter of the model must be found and every checkpoint parameter
 used, otherwise `NpzImportError` lists what was expected and what was found.
+
+All three sources are flax models, whose `nn.gelu` is the tanh approximation: the import
+switches the ViT's GELU layers to it (`gelu="auto"`), so the imported model reproduces its
+source to float tolerance (the exact GELU differs by up to ~5e-4 per unit).
 
 Example:
 ```python
@@ -284,6 +290,9 @@ def vit_params(model, format="big_vision", head=True):
         f"{p}/{blk['mlp']}/Dense_{j - 1}", get_layer(backbone, f"block{i}_mlp_dense_{j}"), "mlp"
       )
   params += _norm_params("Transformer/encoder_norm", get_layer(backbone, "encoder_norm"))
+  pre_logits = get_layer(backbone, "pre_logits")
+  if pre_logits is not None:  # `vit(rep_size=...)`: big_vision's tanh representation layer.
+    params += _dense_params("pre_logits", pre_logits, "mlp")
   head_layer = get_layer(model, "head") if head and model is not backbone else None
   if isinstance(head_layer, (keras.layers.Dense, DenseBatchEnsemble)):
     public = _HEAD[format] if isinstance(head_layer, DenseBatchEnsemble) else "head"
@@ -292,6 +301,30 @@ def vit_params(model, format="big_vision", head=True):
     grid=_grid(backbone), token=token, learned_posemb=learned, depth=depth, head=head_layer
   )
   return params, info
+
+
+GELU_FORMS = ("auto", "tanh", "exact", "keep")
+
+
+def set_gelu(model, form):
+  """Sets every ViT MLP GELU (`vit.GELU` layers) of `model` to `form` ("tanh" / "exact";
+  "keep" changes nothing); returns the form the layers now have ("mixed" if they differ).
+  """
+  from keras_unc.backbones.vit import GELU  # Here: vit imports nothing of this module.
+
+  gelus = []
+  stack = [model]
+  while stack:
+    for layer in stack.pop().layers:
+      if isinstance(layer, keras.Model):
+        stack.append(layer)
+      elif isinstance(layer, GELU):
+        gelus.append(layer)
+  if form != "keep":
+    for layer in gelus:
+      layer.approximate = form == "tanh"
+  forms = {"tanh" if layer.approximate else "exact" for layer in gelus}
+  return forms.pop() if len(forms) == 1 else ("mixed" if forms else "none")
 
 
 def read_npz(path, prefix=None):
@@ -391,12 +424,19 @@ def _match(params, arrays, ignore, keep_head, head_names, adapt):
   """Checks the names; returns ({public: array} to load, skipped keys, fresh weights)."""
   expected = {p.public for p in params}
   dropped = {k for k in arrays if any(fnmatch.fnmatchcase(k, pat) for pat in ignore)}
-  pre_logits = {k for k in arrays if k.startswith("pre_logits/")}
+  model_pre_logits = any(p.public.startswith("pre_logits/") for p in params)
+  pre_logits = set()
+  if not model_pre_logits:
+    pre_logits = {k for k in arrays if k.startswith("pre_logits/")}
   if pre_logits and keep_head:
     raise NpzImportError(
-      "The checkpoint has a pre_logits (representation) layer, which our ViT does not "
-      "have: its head only fits on top of it, so keep_head=True is impossible. Use "
-      "keep_head=False (the head is re-initialised, as vision_transformer does)."
+      "The checkpoint has a pre_logits (representation) layer, which this ViT does not "
+      "have: its head only fits on top of it. Build the ViT with rep_size=<the checkpoint's "
+      f"pre_logits width, {arrays['pre_logits/kernel'].shape[-1]}> to load it, or use "
+      "keep_head=False (head re-initialised and pre_logits dropped, as vision_transformer "
+      "does)."
+      if "pre_logits/kernel" in arrays
+      else "The checkpoint has pre_logits parameters the model cannot take."
     )
   if not keep_head:
     dropped |= {k for k in arrays if k.split("/")[0] in head_names}
@@ -413,8 +453,8 @@ def _match(params, arrays, ignore, keep_head, head_names, adapt):
     lines = ["The checkpoint does not fit the model.", *mismatch_lines(missing, unexpected)]
     lines.append(
       "Check the format (big_vision / vit_npz / plex), the ViT size (depth, "
-      "pooling, posemb, BatchEnsemble blocks) and keep_head; checkpoint keys can "
-      "be skipped with ignore=('pattern*',)."
+      "pooling, posemb, rep_size for pre_logits, BatchEnsemble blocks) and keep_head; "
+      "checkpoint keys can be skipped with ignore=('pattern*',)."
     )
     raise NpzImportError("\n".join(lines))
   return {k: arrays[k] for k in found}, sorted(dropped), fresh
@@ -430,6 +470,7 @@ def import_npz(
   ignore=(),
   adapt=False,
   prefix=None,
+  gelu="auto",
 ):
   """Loads a public ViT `.npz` checkpoint into our ViT (backbone or full network).
 
@@ -446,14 +487,20 @@ def import_npz(
     adapt: allow a deterministic checkpoint in BatchEnsemble layers: kernel copied, bias
       broadcast to every member, fast weights keep their fresh initialisation.
     prefix: key prefix, found automatically when None (see `read_npz`).
+    gelu: the GELU form the model's MLPs get: "auto" (the source's: "tanh" for these
+      flax checkpoints), "tanh", "exact" (e.g. timm weights translated to `vit_npz` names,
+      `torch_import`) or "keep" (leave the model's `gelu_approximate` as built).
 
   Returns:
     dict report: `format`, `loaded` (count), `skipped` (checkpoint keys not used: head,
-    pre_logits, ignored), `fresh` (model weights not loaded), `posemb_resized`.
+    pre_logits, ignored), `fresh` (model weights not loaded), `posemb_resized`, `gelu`
+    (the form the model now uses).
 
   Raises:
     NpzImportError: names or shapes do not fit; the message lists expected vs found.
   """
+  if gelu not in GELU_FORMS:
+    raise NpzImportError(f"Unknown gelu {gelu!r}: choose one of {GELU_FORMS}.")
   arrays = read_npz(path, prefix)
   if format == "auto":
     format = detect_format(arrays)
@@ -504,13 +551,19 @@ def import_npz(
     )
   for p, value in values:
     p.variable.assign(value.astype(p.variable.dtype))
+  gelu = set_gelu(model, "tanh" if gelu == "auto" else gelu)
   if format == "big_vision" and info["token"] and info["learned_posemb"]:
     log.info(
       "big_vision adds the position embedding before the class token: the model's "
       "class-token position row is set to zero."
     )
   report = dict(
-    format=format, loaded=len(values), skipped=skipped, fresh=fresh, posemb_resized=resized
+    format=format,
+    loaded=len(values),
+    skipped=skipped,
+    fresh=fresh,
+    posemb_resized=resized,
+    gelu=gelu,
   )
   log.info("Imported %s (%s): %s", path if isinstance(path, str) else "arrays", format, report)
   return report

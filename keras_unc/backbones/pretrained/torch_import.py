@@ -350,6 +350,7 @@ def import_torch(
         keep_head=keep_head,
         resize_posemb=resize_posemb,
         adapt=adapt,
+        gelu="exact",  # timm's nn.GELU is the exact (erf) form.
       )
     except npz_import.NpzImportError as e:
       raise TorchImportError(f"{where} ({format}, translated to vit_npz names): {e}") from e
