@@ -14,6 +14,7 @@ from keras_unc.layers.spectral_norm import SpectralNormalization
 from keras_unc.methods import modifiers
 from keras_unc.training import trainer as train_lib
 from keras_unc.training.network import build_network
+from tests.methods.test_methods import _members, _small
 
 
 def _points(batch=4, dim=2, seed=0):
@@ -185,21 +186,11 @@ def test_trains_through_the_trainer(name, tmp_path):
   np.testing.assert_allclose(out["probs"].sum(-1), 1.0, rtol=1e-5)
 
 
-SMALL_METHODS = {
-  "deterministic": lambda: methods.Deterministic(),
-  "batchensemble": lambda: methods.BatchEnsemble(ensemble_size=3),
-  "sngp": lambda: methods.SNGP(),
-  "heteroscedastic": lambda: methods.Heteroscedastic(),
-  "hetxl": lambda: methods.HetXL(),
-  "mc_dropout": lambda: methods.MCDropout(rate=0.2, num_samples=5),
-  "shallow_ensemble": lambda: methods.ShallowEnsemble(num_heads=3),
-  "plex": lambda: methods.Plex(),
-  "hetsngp": lambda: methods.HetSNGP(),
-  "be_sngp": lambda: methods.BESNGP(),
-}
+# The classifiers of the registry (URL trains a representation, not on two classes).
+CLASSIFIERS = sorted(set(methods.METHODS) - {"url"})
 
 
-@pytest.mark.parametrize("name", sorted(SMALL_METHODS))
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_every_method_builds_on_the_mlp(name):
   gin.clear_config()
   gin.parse_config(
@@ -207,11 +198,10 @@ def test_every_method_builds_on_the_mlp(name):
     + ["gp_head.num_inducing = 16"]
   )
   try:
-    method = SMALL_METHODS[name]()
+    method = _small(name)
     net = _network(method)
   finally:
     gin.clear_config()
   out = net(_points(4)[:, None, None, :], training=False)
-  members = {"batchensemble": 3, "mc_dropout": 5, "shallow_ensemble": 3, "plex": 4, "be_sngp": 4}
-  assert tuple(out["logits"].shape) == (4, members.get(name, 1), 2)
+  assert tuple(out["logits"].shape) == (4, _members(method), 2)
   assert tuple(out["probs"].shape) == (4, 2) and np.all(np.isfinite(np.asarray(out["probs"])))
