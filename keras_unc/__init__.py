@@ -20,7 +20,7 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 __version__ = "0.1.0"
-__all__ = ["configure", "load", "train"]
+__all__ = ["calibrate", "configure", "ensemble", "load", "train"]
 
 
 def configure(gin_files=(), gin_params=(), finalize=True):
@@ -44,6 +44,25 @@ def train(workdir, mode="train_and_eval", **kwargs):
   from keras_unc.training import trainer
 
   return trainer.train(workdir, mode, **kwargs)
+
+
+def calibrate(workdir, **kwargs):
+  """Fits post-hoc components on a held-out split of a trained `workdir` and re-exports it
+  (`keras_unc.training.calibrate.calibrate`); keyword arguments (e.g. `split`,
+  `calibrator="temperature"`, `conformal="aps"`, `detector="energy"`) win over gin.
+  """
+  from keras_unc.training import calibrate as calibrate_lib
+
+  return calibrate_lib.calibrate(workdir, **kwargs)
+
+
+def ensemble(members, workdir, **kwargs):
+  """Builds, evaluates and exports the deep ensemble of trained `members` (workdirs) in
+  `workdir` (`keras_unc.training.ensemble.build_ensemble`).
+  """
+  from keras_unc.training import ensemble as ensemble_lib
+
+  return ensemble_lib.build_ensemble(members, workdir, **kwargs)
 
 
 def load(export_dir):

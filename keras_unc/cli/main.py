@@ -8,7 +8,7 @@ import sys
 
 from absl import app, flags
 
-from keras_unc.cli import active_learning, cache, train
+from keras_unc.cli import active_learning, cache, calibrate, ensemble, train
 from keras_unc.cli import flags as common
 
 # verb -> (one line of help, module with define_flags/main, define_flags keyword arguments)
@@ -27,6 +27,16 @@ VERBS = {
     "write the SavedModel of the newest checkpoint to WORKDIR/export",
     train,
     dict(mode="export", modes=("export",)),
+  ),
+  "calibrate": (
+    "fit calibration, conformal sets and an OOD detector on held-out data; re-export",
+    calibrate,
+    {},
+  ),
+  "ensemble": (
+    "a deep ensemble of trained runs, evaluated and exported as one model",
+    ensemble,
+    {},
   ),
   "cache": ("build or resume a frozen-backbone feature cache (train on cached:DIR)", cache, {}),
   "active-learning": ("run or resume active-learning rounds", active_learning, {}),

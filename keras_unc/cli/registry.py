@@ -7,6 +7,8 @@ def register_configurables() -> None:
   from keras_unc import active_learning, backbones, evaluators, methods  # noqa: F401
   from keras_unc.backbones.pretrained import init_from  # noqa: F401
   from keras_unc.training import (  # noqa: F401
+    calibrate,
+    ensemble,
     feature_cache,  # noqa: F401
     layerwise,
     trainer,

@@ -35,14 +35,25 @@ def define_flags(mode="train_and_eval", modes=MODES):
 
 
 def summary_table(result, workdir):
-  """A short human-readable summary of the last evaluation and the outputs."""
+  """A short human-readable summary of the last evaluation and the outputs.
+
+  A metric with bootstrap intervals (`<m>/ci_low`, `<m>/ci_high`) is one row,
+  `value [ci_low, ci_high]`.
+  """
+  found = result["metrics"]
   rows = [("step", str(result["step"]))]
-  rows += [(k, f"{v:.4f}") for k, v in result["metrics"].items() if k != "step"]
+  for k, v in found.items():
+    if k == "step" or (k.endswith(("/ci_low", "/ci_high")) and k.rsplit("/", 1)[0] in found):
+      continue
+    low, high = found.get(f"{k}/ci_low"), found.get(f"{k}/ci_high")
+    ci = f" [{low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
+    rows.append((k, f"{v:.4f}{ci}"))
   width = max(len(k) for k, _ in rows)
-  lines = ["", "=" * (width + 14), f"{'metric':<{width}}  value", "-" * (width + 14)]
+  rule = width + 2 + max(12, *(len(v) for _, v in rows))
+  lines = ["", "=" * rule, f"{'metric':<{width}}  value", "-" * rule]
   lines += [f"{k:<{width}}  {v}" for k, v in rows]
   lines += [
-    "=" * (width + 14),
+    "=" * rule,
     f"TensorBoard:  tensorboard --logdir {workdir}",
     f"metrics:      {workdir}/metrics.jsonl",
     f"config:       {workdir}/config.gin",

@@ -163,3 +163,62 @@ def split_spec(spec, default_preprocess=""):
     raise ValueError(f"Expected (dataset, split) or (dataset, split, preprocess), got {spec!r}.")
   dataset, split, *ops = spec
   return dataset, split, ops[0] if ops else default_preprocess
+
+
+class TransformedPredict:
+  """A predict function whose outputs pass through `transform(outputs) -> outputs`
+  (e.g. fitted post-hoc components), computed once per split and round.
+
+  Args:
+    predict: the underlying predict function (a `Predictor`).
+    transform: maps an output dict of NumPy arrays to a new one.
+  """
+
+  def __init__(self, predict, transform):
+    self.predict = predict
+    self.transform = transform
+    self._cache = {}
+
+  def reset(self):
+    self._cache.clear()
+    if hasattr(self.predict, "reset"):
+      self.predict.reset()
+
+  def __call__(self, dataset, split, preprocess="", cache=True):
+    outputs, labels = self.predict(dataset, split, preprocess, cache=cache)
+    key = (id(outputs), dataset if isinstance(dataset, str) else id(dataset), split, preprocess)
+    if key not in self._cache:
+      if len(self._cache) >= 32:  # Bootstrap replicates: each is a new resample.
+        self._cache.clear()
+      # The outputs stay referenced beside the result, so their id is not reused.
+      self._cache[key] = (outputs, (self.transform(outputs), labels))
+    return self._cache[key][1]
+
+
+class Prefixed(Evaluator):
+  """An evaluator run on transformed outputs, its metric and figure names prefixed.
+
+  `Prefixed(ClassificationEvaluator(...), "posthoc/", transform)` reports
+  `posthoc/test/ece` etc. for the outputs after `transform` (the post-hoc stage's "after").
+  """
+
+  def __init__(self, evaluator, prefix, transform):
+    self.evaluator, self.prefix, self.transform = evaluator, prefix, transform
+    self.name = f"{prefix}{evaluator.name}"
+    self._wrapped = {}
+
+  def _predict(self, predict):
+    found = self._wrapped.get(id(predict))
+    if found is None or found.predict is not predict:
+      found = self._wrapped[id(predict)] = TransformedPredict(predict, self.transform)
+    return found
+
+  def evaluate(self, predict):
+    found = self.evaluator.evaluate(self._predict(predict))
+    return {f"{self.prefix}{k}": v for k, v in found.items()}
+
+  def figures(self, predict):
+    if not hasattr(self.evaluator, "figures"):
+      return {}
+    found = self.evaluator.figures(self._predict(predict)) or {}
+    return {f"{self.prefix}{k}": v for k, v in found.items()}

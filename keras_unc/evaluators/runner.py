@@ -4,6 +4,7 @@ import os
 
 import tensorflow as tf
 
+from keras_unc.evaluators.bootstrap import Bootstrap
 from keras_unc.reporting import metrics_log, plots
 
 PLOTS_DIR = "plots"
@@ -25,11 +26,15 @@ def write_figures(workdir, writer, step, figures):
   return paths
 
 
-def run_round(evaluators, predictor, workdir, writer, step, extra=None):
+def run_round(evaluators, predictor, workdir, writer, step, extra=None, bootstrap=None):
   """Runs `evaluators` at `step`; writes scalars to TensorBoard and `metrics.jsonl`, and
   the evaluators' figures (those with a `figures(predict)` method) as PNG files in
   `workdir/plots/` and TensorBoard images. `extra(metrics) -> dict` adds metrics to the
   same record (e.g. the `best_*` values of `keras_unc.runtime.best_checkpoint`).
+
+  `bootstrap` (default `Bootstrap()`, gin `bootstrap.num_samples = 1000`; off with its
+  default 0 samples) adds `<metric>/ci_low` and `<metric>/ci_high` for every metric the
+  evaluators report, from the same cached predictions.
 
   Returns the dict of metrics written (empty when no evaluator reported anything).
   """
@@ -45,6 +50,9 @@ def run_round(evaluators, predictor, workdir, writer, step, extra=None):
     write_figures(workdir, writer, step, figures)
   if not found:
     return {}
+  bootstrap = Bootstrap() if bootstrap is None else bootstrap
+  if bootstrap.num_samples > 0:
+    found.update(bootstrap(evaluators, predictor, found))
   if extra is not None:
     found.update(extra(dict(found)) or {})
   return metrics_log.write_metrics(workdir, writer, step, found)

@@ -24,9 +24,11 @@ from keras_unc.metrics.validation import check_probs, check_probs_labels, check_
 __all__ = [
   "CalibrationBins",
   "accuracy",
+  "adaptive_calibration_error",
   "brier_score",
   "calibration_auroc",
   "calibration_bins",
+  "classwise_calibration_error",
   "entropy",
   "expected_calibration_error",
   "msp_uncertainty",
@@ -156,6 +158,77 @@ def expected_calibration_error(probs, labels, num_bins: int = 15) -> float:
   _, counts, sum_correct, sum_conf, n = _binned(probs, labels, num_bins)
   # (n_b / N) * |acc_b - conf_b| == |sum_correct_b - sum_conf_b| / N.
   return float(np.sum(np.abs(sum_correct - sum_conf)) / n)
+
+
+def adaptive_calibration_error(probs, labels, num_bins: int = 15) -> float:
+  """Top-label calibration error with equal-mass (adaptive) confidence bins.
+
+  With top-class confidence ``c_i = max_c p_ic`` and correctness
+  ``a_i = [argmax_c p_ic == y_i]``, the examples are sorted by ``c_i``
+  (ascending, ``np.argsort(kind="stable")``: tied confidences keep their input
+  order) and split with ``np.array_split`` into ``B = num_bins`` consecutive
+  groups of nearly equal size (the first ``N mod B`` groups hold one example
+  more).  Then::
+
+      ACE = sum_b (n_b / N) * | mean_{i in b} a_i - mean_{i in b} c_i |
+
+  Groups that are empty (``B > N``) contribute 0.  Unlike the equal-width
+  :func:`expected_calibration_error`, every bin holds about ``N / B``
+  examples, so the many high-confidence predictions of an accurate model are
+  not pooled into one bin.
+
+  Reference: Nixon, Dusenberry, Zhang, Jerfel & Tran (2019), "Measuring
+  Calibration in Deep Learning", CVPR Workshops (adaptive binning).  Their
+  "ACE" also averages over classes; this is the top-label variant (as the
+  "AdaECE" of Mukhoti et al., 2020).
+
+  Raises:
+      ValueError: if ``num_bins`` is not a positive integer or on invalid inputs.
+  """
+  probs, labels = check_probs_labels(probs, labels, float64=False)
+  num_bins = _check_num_bins(num_bins)
+  conf = probs.max(axis=1).astype(np.float64)
+  correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+  order = np.argsort(conf, kind="stable")
+  total = 0.0
+  for group in np.array_split(order, num_bins):
+    # (n_b / N) * |acc_b - conf_b| == |sum_correct_b - sum_conf_b| / N.
+    total += abs(correct[group].sum() - conf[group].sum())
+  return float(total / conf.shape[0])
+
+
+def classwise_calibration_error(probs, labels, num_bins: int = 15) -> float:
+  """Class-wise ECE: the equal-width-bin calibration error of every class, averaged.
+
+  For each class ``j`` the probabilities ``p_ij`` of all ``N`` examples are
+  binned like :func:`expected_calibration_error` (``B = num_bins``
+  right-closed intervals of ``np.linspace(0, 1, B + 1)``, 0 in the first bin,
+  an edge value in the bin below it) and compared with the indicator
+  ``[y_i == j]``::
+
+      cwECE = (1/C) sum_j sum_b (n_jb / N) * | mean_{i in b} [y_i == j] - mean_{i in b} p_ij |
+
+  Empty bins contribute 0.
+
+  Reference: Kull, Perello-Nieto, Kängsepp, Silva Filho, Song & Flach (2019),
+  "Beyond temperature scaling: Obtaining well-calibrated multiclass
+  probabilities with Dirichlet calibration", NeurIPS (classwise-ECE).
+
+  Raises:
+      ValueError: if ``num_bins`` is not a positive integer or on invalid inputs.
+  """
+  probs, labels = check_probs_labels(probs, labels)
+  num_bins = _check_num_bins(num_bins)
+  n, c = probs.shape
+  edges = np.linspace(0.0, 1.0, num_bins + 1)
+  bin_idx = np.searchsorted(edges[1:-1], probs, side="left")  # [N, C], as in `_binned`.
+  flat = (bin_idx + num_bins * np.arange(c)[None, :]).ravel()  # Class-major bin ids.
+  hits = np.zeros((n, c))
+  hits[np.arange(n), labels] = 1.0
+  sum_hits = np.bincount(flat, weights=hits.ravel(), minlength=num_bins * c)
+  sum_probs = np.bincount(flat, weights=probs.ravel(), minlength=num_bins * c)
+  per_class = np.abs(sum_hits - sum_probs).reshape(c, num_bins).sum(axis=1) / n
+  return float(per_class.mean())
 
 
 def nll(probs, labels, eps: float = NLL_EPS) -> float:

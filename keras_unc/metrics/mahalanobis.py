@@ -12,11 +12,13 @@ Distances are squared: ``d_k(z) = (z - mu_k)^T Sigma^+ (z - mu_k)``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from keras_unc.metrics.validation import check_embeddings, check_labels
 
-__all__ = ["mahalanobis_scores"]
+__all__ = ["MahalanobisFit", "mahalanobis_fit", "mahalanobis_score", "mahalanobis_scores"]
 
 _CHUNK = 4096
 
@@ -38,6 +40,69 @@ def _min_sq_dist(z, centers):
     d = np.sum(zz * zz, axis=1, keepdims=True) - 2.0 * zz @ centers.T + c_sq
     out[s : s + _CHUNK] = np.maximum(d.min(axis=1), 0.0)
   return out
+
+
+class MahalanobisFit(NamedTuple):
+  """Fitted Mahalanobis statistics (all float64).
+
+  Attributes:
+    origin: ``[D]`` the mean of the train embeddings (subtracted first; distances do not
+      change).
+    whitener: ``[D, R]`` ``L`` with ``L L^T = Sigma^+`` (shared class covariance).
+    means: ``[K, R]`` the class means, centred and whitened (``(mu_k - origin) @ L``).
+    whitener0: ``[D, R0]`` the class-agnostic whitener (relative distance), or None.
+  """
+
+  origin: np.ndarray
+  whitener: np.ndarray
+  means: np.ndarray
+  whitener0: np.ndarray | None
+
+
+def mahalanobis_fit(train_emb, train_labels, *, relative=True, rcond=1e-10) -> MahalanobisFit:
+  """Class means and shared-covariance whitener of ``train_emb`` (module docstring).
+
+  Args:
+      train_emb: ``[N, D]`` in-distribution train embeddings.
+      train_labels: ``[N]`` integer class ids (any non-negative ints).
+      relative: also fit the class-agnostic Gaussian of the relative distance.
+      rcond: relative eigenvalue cut-off of the pseudo-inverse.
+  """
+  train_labels = check_labels(train_labels, None)
+  train = check_embeddings(train_emb, "train_emb", n=train_labels.shape[0])
+  # Work around the global train mean: smaller numbers, same distances.
+  origin = train.mean(axis=0)
+  train = train - origin
+  _, inverse = np.unique(train_labels, return_inverse=True)
+  inverse = inverse.reshape(-1)
+  counts = np.bincount(inverse)
+  order = np.argsort(inverse, kind="stable")
+  starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+  means = np.add.reduceat(train[order], starts, axis=0) / counts[:, None]
+  w = _whitener(train - means[inverse], rcond)
+  w0 = _whitener(train, rcond) if relative else None  # Mean of `train` is 0 after centring.
+  return MahalanobisFit(origin, w, means @ w, w0)
+
+
+def mahalanobis_score(fit: MahalanobisFit, test_emb, relative=False) -> np.ndarray:
+  """Per-example (relative) Mahalanobis score of ``test_emb`` under a `mahalanobis_fit`.
+
+  Returns:
+      float64 ``[M]`` scores (as `mahalanobis_scores`).
+  """
+  test = check_embeddings(test_emb, "test_emb")
+  if test.shape[1] != fit.origin.shape[0]:
+    raise ValueError(
+      f"test_emb must have the train dimension {fit.origin.shape[0]}, got shape {test.shape}."
+    )
+  test = test - fit.origin
+  scores = _min_sq_dist(test @ fit.whitener, fit.means)
+  if relative:
+    if fit.whitener0 is None:
+      raise ValueError("The relative Mahalanobis score needs mahalanobis_fit(..., relative=True).")
+    zw = test @ fit.whitener0
+    scores = scores - np.sum(zw * zw, axis=1)
+  return scores
 
 
 def mahalanobis_scores(train_emb, train_labels, test_emb, relative=False, *, rcond=1e-10):
@@ -65,27 +130,5 @@ def mahalanobis_scores(train_emb, train_labels, test_emb, relative=False, *, rco
   (2021), "A Simple Fix to Mahalanobis Distance for Improving Near-OOD
   Detection", arXiv:2106.09022.
   """
-  train_labels = check_labels(train_labels, None)
-  train = check_embeddings(train_emb, "train_emb", n=train_labels.shape[0])
-  test = check_embeddings(test_emb, "test_emb")
-  if test.shape[1] != train.shape[1]:
-    raise ValueError(
-      f"test_emb must have the train dimension {train.shape[1]}, got shape {test.shape}."
-    )
-  # Work around the global train mean: smaller numbers, same distances.
-  origin = train.mean(axis=0)
-  train = train - origin
-  test = test - origin
-  _, inverse = np.unique(train_labels, return_inverse=True)
-  inverse = inverse.reshape(-1)
-  counts = np.bincount(inverse)
-  order = np.argsort(inverse, kind="stable")
-  starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-  means = np.add.reduceat(train[order], starts, axis=0) / counts[:, None]
-  w = _whitener(train - means[inverse], rcond)
-  scores = _min_sq_dist(test @ w, means @ w)
-  if relative:
-    w0 = _whitener(train, rcond)  # Mean of `train` is 0 after centring.
-    zw = test @ w0
-    scores = scores - np.sum(zw * zw, axis=1)
-  return scores
+  fit = mahalanobis_fit(train_emb, train_labels, relative=relative, rcond=rcond)
+  return mahalanobis_score(fit, test_emb, relative=relative)

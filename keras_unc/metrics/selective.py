@@ -16,7 +16,13 @@ import numpy as np
 
 from keras_unc.metrics.validation import check_fraction, check_probs_labels, check_scores
 
-__all__ = ["accuracy_coverage_curve", "aurc", "oracle_collaborative_accuracy"]
+__all__ = [
+  "accuracy_coverage_curve",
+  "augrc",
+  "aurc",
+  "oracle_collaborative_accuracy",
+  "risk_at_coverage",
+]
 
 
 def _ranked_correctness(probs, labels, uncertainty):
@@ -66,6 +72,61 @@ def aurc(probs, labels, uncertainty=None) -> float:
   """
   _, acc = accuracy_coverage_curve(probs, labels, uncertainty)
   return float(np.mean(1.0 - acc))
+
+
+def augrc(probs, labels, uncertainty=None) -> float:
+  """Area under the generalized risk-coverage curve (lower is better).
+
+  The generalized risk at coverage ``k / N`` is the joint probability of being
+  accepted and wrong: the number of errors among the ``k`` least uncertain
+  examples divided by ``N`` (not by ``k``, as the selective risk of
+  :func:`aurc`)::
+
+      AUGRC = (1/N) sum_{k=1}^{N} (1/N) sum_{i <= k} [argmax p_(i) != y_(i)]
+
+  with ``(i)`` the order of increasing uncertainty.  Tied uncertainties: the
+  expectation over random tie-breaking, exactly as :func:`aurc` (module
+  docstring: each tied example counts with its group's mean error).  This is
+  the right Riemann sum of :func:`aurc`; the trapezoid over the points
+  ``(0, 0), (1/N, g_1), ..., (1, g_N)`` used by Traub et al.'s code is smaller
+  by ``g_N / (2N)`` = (top-1 error) / (2N).  A random ranking gives
+  ``error * (N + 1) / (2N)``, about half the top-1 error.
+
+  Reference: Traub, Bungert, Lüth, Baumgartner, Maier-Hein, Maier-Hein & Jaeger
+  (2024), "Overcoming Common Flaws in the Evaluation of Selective
+  Classification Systems", NeurIPS.
+  """
+  expected = _ranked_correctness(probs, labels, uncertainty)
+  n = expected.shape[0]
+  return float(np.mean(np.cumsum(1.0 - expected) / n))
+
+
+def risk_at_coverage(probs, labels, coverage, uncertainty=None) -> float:
+  """Selective risk: the error rate of the ``ceil(coverage * N)`` least uncertain examples.
+
+  ``k = ceil(coverage * N)`` (with a 1e-9 guard against float error, so
+  ``0.7 * 10`` keeps 7 examples); at least one example is kept.  Tied
+  uncertainties at the cut: expected error over random tie-breaking (module
+  docstring).  ``coverage = 1`` gives the top-1 error.
+
+  Reference: Geifman & El-Yaniv (2017), "Selective Classification for Deep
+  Neural Networks", NeurIPS (selective risk at a coverage).
+
+  Raises:
+      ValueError: if ``coverage`` is not a number in ``(0, 1]`` or on invalid inputs.
+  """
+  if (
+    isinstance(coverage, bool)
+    or not isinstance(coverage, (int, float, np.integer, np.floating))
+    or not 0.0 < float(coverage) <= 1.0
+  ):
+    raise ValueError(
+      f"coverage must be a number in (0, 1] (the fraction of examples kept), got {coverage!r}."
+    )
+  expected = _ranked_correctness(probs, labels, uncertainty)
+  n = expected.shape[0]
+  k = min(n, max(1, int(np.ceil(float(coverage) * n - 1e-9))))
+  return float(1.0 - expected[:k].mean())
 
 
 def oracle_collaborative_accuracy(probs, labels, fraction, uncertainty=None) -> float:

@@ -6,18 +6,37 @@ import tensorflow as tf
 from keras_unc.runtime import files
 
 
-def export_saved_model(network, path, input_shape, input_dtype=tf.uint8):
+def export_saved_model(network, path, input_shape, input_dtype=tf.uint8, posthoc=()):
   """Writes `network` as a SavedModel at `path` (atomically replacing an old export).
 
   The `serving_default` signature takes `images: input_dtype [B, *input_shape]` exactly
   as stored in the dataset (resizing and normalisation are inside the network) and
-  returns `logits [B, M, C]`, `probs [B, C]`, `uncertainty [B]`, `embedding [B, D]`.
+  returns `logits [B, M, C]`, `probs [B, C]`, `uncertainty [B]`, `embedding [B, D]`, and
+  the outputs of the post-hoc components (`keras_unc.posthoc`), applied in order, each one's
+  Keras layer updating the dict: e.g. calibrated `probs` and `uncalibrated_probs`,
+  `prediction_set [B, C]` and `set_size [B]`, `ood_score [B]` and `is_ood [B]`.
+
+  Args:
+    network: the functional network (raw images -> output dict).
+    path: the SavedModel folder.
+    input_shape: shape of one raw image.
+    input_dtype: dtype of the raw images.
+    posthoc: fitted post-hoc components in application order (`posthoc.state.ordered`).
   """
   archive = keras.export.ExportArchive()
   archive.track(network)
+  layers = [c.layer() for c in posthoc]
 
   def serve(images):
-    return network(tf.cast(images, tf.float32), training=False)
+    outputs = dict(network(tf.cast(images, tf.float32), training=False))
+    for layer in layers:
+      outputs.update(layer(outputs))
+    return outputs
+
+  if layers:  # Built (their weights created) by one call, then tracked with the network.
+    serve(tf.zeros([1, *input_shape], input_dtype))
+    for layer in layers:
+      archive.track(layer)
 
   archive.add_endpoint(
     "serving_default",

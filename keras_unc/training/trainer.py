@@ -86,6 +86,7 @@ def train(
   recipe_global_batch: int | None = None,
   recipe_lr_scaling: str = "linear",
   allow_recipe_change: bool = False,
+  calibrate_at_end: bool = False,
 ) -> dict[str, Any]:
   """Trains and/or evaluates and/or exports one model in `workdir`.
 
@@ -142,6 +143,9 @@ def train(
       only when `allow_recipe_change` lets the batch differ from `recipe_global_batch`.
     allow_recipe_change: train a recipe at another global batch (learning rate rescaled
       by `recipe_lr_scaling`, logged).
+    calibrate_at_end: after training (modes train and train_and_eval), run the post-hoc
+      stage (`keras_unc.training.calibrate.calibrate`, configured by its gin bindings) on
+      the final network, which also re-exports it with the fitted components.
 
   Returns:
     dict with `step`, the last evaluation `metrics`, the `export` path and the `network`.
@@ -296,15 +300,50 @@ def train(
     run_eval(step)
 
   export_path = None
-  if mode == "export" or (mode != "eval" and export_at_end and step >= total_steps):
+  at_end = mode != "eval" and export_at_end and step >= total_steps
+  if mode == "export" or (at_end and not calibrate_at_end):  # (`calibrate` exports.)
     export_path = export.export_saved_model(
-      full_network, os.path.join(workdir, "export"), tuple(full_network.inputs[0].shape[1:])
+      full_network,
+      os.path.join(workdir, "export"),
+      tuple(full_network.inputs[0].shape[1:]),
+      posthoc=_posthoc_for_export(workdir, ckpt, refuse_stale=mode == "export"),
     )
+  if calibrate_at_end and mode in ("train", "train_and_eval") and step >= total_steps:
+    from keras_unc.training import calibrate
+
+    result = calibrate.calibrate(
+      workdir,
+      network=full_network,
+      method=method,
+      checkpoint=feature_cache.checkpoint_info(ckpt.path(ckpt.steps()[0])),
+    )
+    last.update(result["metrics"])
+    export_path = result["export"] or export_path
   writer.flush()
   eval_writer.flush()
   if lock is not None:
     lock.release()
   return {"step": step, "metrics": last, "export": export_path, "network": full_network}
+
+
+def _posthoc_for_export(workdir, ckpt, refuse_stale):
+  """The fresh post-hoc components of `workdir` for the export (none without a state). A
+  stale state (fitted on an older checkpoint) is refused by the `export` mode and left out,
+  with a warning, of the export at the end of training.
+  """
+  from keras_unc.posthoc.state import StalePosthocError
+  from keras_unc.training import calibrate
+
+  steps = ckpt.steps()
+  if not steps or not os.path.isdir(os.path.join(workdir, calibrate.POSTHOC_DIR)):
+    return []  # (No hash of the checkpoint when there is nothing to check.)
+  try:
+    return calibrate.load_fresh(workdir, feature_cache.checkpoint_info(ckpt.path(steps[0])))
+  except StalePosthocError as e:
+    if refuse_stale:
+      raise
+    log.warning("Exporting without the post-hoc state: %s", e)
+    return []
 
 
 def _accumulation_steps(overrides):

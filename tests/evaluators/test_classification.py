@@ -17,9 +17,13 @@ def _by_hand(out, labels):
     "top5_accuracy": metrics.top_k_accuracy(p, labels, 5),
     "nll": metrics.nll(p, labels),
     "ece": metrics.expected_calibration_error(p, labels, 15),
+    "adaptive_ece": metrics.adaptive_calibration_error(p, labels, 15),
+    "classwise_ece": metrics.classwise_calibration_error(p, labels, 15),
     "brier": metrics.brier_score(p, labels),
     "calibration_auroc": metrics.calibration_auroc(p, labels, u),
     "aurc": metrics.aurc(p, labels, u),
+    "augrc": metrics.augrc(p, labels, u),
+    "risk_at_80pct_coverage": metrics.risk_at_coverage(p, labels, 0.8, u),
   }
   for f, name in zip(FRACTIONS, ("0.5pct", "1pct", "2pct", "5pct")):
     want[f"oracle_accuracy_{name}"] = metrics.oracle_collaborative_accuracy(p, labels, f, u)
@@ -87,3 +91,17 @@ def test_soft_labels_are_scored_by_their_argmax():
     lambda *a: (outputs, np.array([[0.9, 0.1], [0.8, 0.2]]))
   )
   assert found["test/accuracy"] == 0.5
+
+
+def test_risk_coverages_name_their_metrics_and_bad_ones_are_refused():
+  probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.45, 0.55]])
+  outputs = {"probs": probs, "uncertainty": np.array([0.1, 0.4, 0.2, 0.3])}
+  evaluator = ClassificationEvaluator("fake", "test", oracle_fractions=(), risk_coverages=(0.5, 1))
+  found = evaluator.evaluate(lambda *a: (outputs, np.array([0, 1, 1, 1])))
+  # Most certain first: examples 0 (right), 2 (right), 3 (right), 1 (wrong).
+  assert found["test/risk_at_50pct_coverage"] == 0.0
+  assert found["test/risk_at_100pct_coverage"] == 0.25
+  assert "test/risk_at_80pct_coverage" not in found
+  for bad in (0.0, 1.2, "0.8", None):
+    with pytest.raises(ValueError, match=r"risk_coverages must be numbers in \(0, 1\]"):
+      ClassificationEvaluator("fake", "test", risk_coverages=(0.5, bad))

@@ -1,6 +1,7 @@
 """OODEvaluator on real data: digits in-distribution vs MNIST shrunk to 8x8."""
 
 import pytest
+import tensorflow as tf
 
 from keras_unc import metrics
 from keras_unc.data import get_source
@@ -113,4 +114,78 @@ def test_ood_set_identical_to_in_distribution_warns(net):
 
 def test_unknown_score_is_an_error():
   with pytest.raises(ValueError, match="Unknown OOD score"):
-    OODEvaluator("digits", scores=("energy",))
+    OODEvaluator("digits", scores=("vim",))  # Post-hoc only (needs the head's weights).
+  with pytest.raises(ValueError, match="knn_k"):
+    OODEvaluator("digits", knn_k=0)
+
+
+NEW_SCORES = ("energy", "gen", "knn", "mutual_information", "variation_ratio")
+
+
+def test_output_only_scores_match_direct_computation(net, mnist_images):
+  evaluator = OODEvaluator("digits", "test", ood=MNIST_OOD, scores=NEW_SCORES, knn_k=5)
+  found = evaluator.evaluate(Predictor(net, batch_size=128))
+  train = direct(net, digits("train")[0])
+  bank = metrics.knn_fit(train["embedding"])
+  scores = {
+    "energy": lambda o: metrics.energy_score(o["logits"]),
+    "gen": lambda o: metrics.gen_score(o["probs"]),
+    "knn": lambda o: metrics.knn_scores(bank, o["embedding"], k=5),
+    "mutual_information": lambda o: metrics.mutual_information(o["logits"]),
+    "variation_ratio": lambda o: metrics.variation_ratio(o["logits"]),
+  }
+  inside, outside = direct(net, digits("test")[0]), direct(net, mnist_images)
+  assert len(found) == 4 * len(NEW_SCORES)
+  for kind, fn in scores.items():
+    for k, v in metrics.ood_metrics(fn(inside), fn(outside)).items():
+      assert found[f"ood_mnist/{k}_{kind}"] == pytest.approx(v, abs=1e-5), (kind, k)
+  assert found["ood_mnist/auroc_knn"] != pytest.approx(found["ood_mnist/auroc_energy"])
+
+
+def test_knn_fitted_once_per_round(net, monkeypatch):
+  calls = []
+  real = metrics.knn_fit
+  monkeypatch.setattr(ood_lib.metrics, "knn_fit", lambda *a, **k: calls.append(1) or real(*a, **k))
+  evaluator = OODEvaluator(
+    "digits",
+    "test",
+    ood={"a": ("mnist", "test[:100]", "resize(8)"), "b": ("mnist", "test[100:200]", "resize(8)")},
+    scores=("knn",),
+    max_train_examples=300,
+    knn_bank_size=100,
+  )
+  predictor = Predictor(net, batch_size=128)
+  found = evaluator.evaluate(predictor)
+  evaluator.figures(predictor)
+  assert len(calls) == 1 and "ood_b/auroc" + "_knn" in found
+
+
+def test_epistemic_scores_refuse_a_single_member(mnist_images):
+  evaluator = OODEvaluator("digits", "test", ood=MNIST_OOD, scores=("mutual_information",))
+  with pytest.raises(ValueError, match="multi-member or MC method"):
+    evaluator.evaluate(Predictor(FakeNet(members=1), batch_size=128))
+
+
+class _WithDetector:
+  """FakeNet plus a served detector output `ood_score` (here: the energy)."""
+
+  def __init__(self, net):
+    self.net = net
+
+  def __call__(self, images, training=False):
+    out = dict(self.net(images))
+    out["ood_score"] = -tf.reduce_logsumexp(tf.reduce_mean(out["logits"], axis=1), axis=-1)
+    return out
+
+
+def test_ood_score_reads_the_detector_output(net, mnist_images):
+  evaluator = OODEvaluator("digits", "test", ood=MNIST_OOD, scores=("ood_score", "energy"))
+  found = evaluator.evaluate(Predictor(_WithDetector(net), batch_size=128))
+  for k in ("auroc", "fpr95", "aupr_in", "aupr_out"):
+    assert found[f"ood_mnist/{k}_ood_score"] == pytest.approx(
+      found[f"ood_mnist/{k}_energy"], abs=1e-5
+    )
+  with pytest.raises(ValueError, match="post-hoc detector"):
+    OODEvaluator("digits", "test", ood=MNIST_OOD, scores=("ood_score",)).evaluate(
+      Predictor(net, batch_size=128)
+    )

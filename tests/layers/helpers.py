@@ -340,8 +340,13 @@ def _symbolic(data):
     dtype = keras.backend.standardize_dtype(array.dtype)
     return keras.Input(shape=np.shape(array)[1:], dtype=dtype, name=name)
 
+  def named(value, name):  # A dict argument (e.g. an output dict): Inputs named by its keys.
+    if isinstance(value, dict):
+      return {key: spec(v, name=key) for key, v in value.items()}
+    return spec(value, name=name)
+
   if isinstance(data, dict):
-    return {key: spec(value, name=key) for key, value in data.items()}
+    return {key: named(value, key) for key, value in data.items()}
   return keras.tree.map_structure(spec, data)
 
 
