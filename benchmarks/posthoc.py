@@ -54,11 +54,14 @@ from keras_unc.training import ensemble as ensemble_lib
 from keras_unc.training import trainer as train_lib
 
 CALIBRATORS = ("temperature", "vector", "isotonic")
+# The randomised variants allow empty sets: only then does the split-conformal upper bound
+# (coverage <= 1 - alpha + 1/(n+1)) hold; the deterministic ones only guarantee >= 1 - alpha.
 CONFORMAL = {
   "thr": {},
   "aps": {},
-  "aps_randomized": {"randomized": True},
+  "aps_randomized": {"randomized": True, "allow_empty": True},
   "raps": {},
+  "raps_randomized": {"randomized": True, "allow_empty": True},
 }
 DETECTORS = (
   "msp",

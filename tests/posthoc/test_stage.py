@@ -217,3 +217,30 @@ def test_calibrate_verb_and_its_refusal(calibrated, tmp_path):
     timeout=600,
   )
   assert proc.returncode == 2 and "overlaps" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_calibrate_at_end_of_training_exports_the_posthoc_outputs(tmp_path):
+  import tensorflow as tf
+
+  _parse(
+    [
+      "train.total_steps = 20",
+      "train.evaluators = [@ClassificationEvaluator(), @OODEvaluator()]",
+      "train.calibrate_at_end = True",
+      "calibrate.split = 'train[1200:]'",
+      "calibrate.calibrator = 'temperature'",
+      "calibrate.detector = @knn_detector()",
+      "knn_detector.k = 5",
+    ]
+  )
+  result = train_lib.train(str(tmp_path), "train_and_eval")
+  assert {"test/ece", "posthoc/test/ece", "posthoc/ood_mnist/auroc_ood_score"} <= set(
+    result["metrics"]
+  )
+  with open(tmp_path / "posthoc" / state.MANIFEST) as f:
+    manifest = json.load(f)
+  assert manifest["checkpoint"]["step"] == 20
+  assert manifest["fit_data"]["split"] == "train[:1200]"
+  assert manifest["components"][0]["config"]["k"] == 5
+  serve = tf.saved_model.load(result["export"]).signatures["serving_default"]
+  assert {"uncalibrated_probs", "ood_score", "is_ood"} <= set(serve.structured_outputs)
