@@ -148,17 +148,6 @@ class Detector(Component):
     return {"weight": np.asarray(w, np.float64), "bias": np.asarray(b, np.float64)}
 
 
-def _members(outputs, detector):
-  logits = _need(outputs, "logits", detector)
-  if logits.ndim != 3 or logits.shape[1] < 2:
-    raise ValueError(
-      f"The {detector!r} detector needs logits [N, M, C] of M > 1 members or MC samples, got "
-      f"shape {logits.shape}: use a multi-member or MC method (ensemble, BatchEnsemble, MC "
-      "dropout, ...) or another detector (energy, msp, ...)."
-    )
-  return logits
-
-
 @register("detector", "msp")
 class MSPDetector(Detector):
   """`1 - max_c p_c` (Hendrycks & Gimpel 2017)."""
@@ -213,7 +202,7 @@ class MutualInformationDetector(Detector):
     super().__init__(tpr)
 
   def _scores(self, outputs):
-    return metrics.mutual_information(_members(outputs, self.name))
+    return metrics.mutual_information(_need(outputs, "logits", self.name))
 
 
 @register("detector", "variation_ratio")
@@ -224,7 +213,7 @@ class VariationRatioDetector(Detector):
     super().__init__(tpr)
 
   def _scores(self, outputs):
-    return metrics.variation_ratio(_members(outputs, self.name))
+    return metrics.variation_ratio(_need(outputs, "logits", self.name))
 
 
 @register("detector", "mahalanobis")

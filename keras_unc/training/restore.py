@@ -5,7 +5,6 @@ checkpoint (model weights only): what the post-hoc stage and deep ensembles star
 from __future__ import annotations
 
 import logging
-import os
 
 from keras_unc import config
 from keras_unc.data import get_source
@@ -48,11 +47,3 @@ def restore_network(workdir, checkpoint=None):
       checkpoints.assign(network.variables, arrays, "model", path)
   log.info("Restored %s from %s", network.name, path)
   return network, method, feature_cache.checkpoint_info(path)
-
-
-def workdir_checkpoint(workdir):
-  """Checkpoint info of the newest checkpoint of `workdir`, or None when it has none."""
-  try:
-    return feature_cache.checkpoint_info(checkpoints.resolve(os.path.join(workdir, "checkpoints")))
-  except FileNotFoundError:
-    return None
