@@ -3,8 +3,11 @@
     python -m keras_unc cache --gin_file=X.gin --workdir=CACHE_DIR [--gin_param=...] [--overwrite]
 
 builds (or resumes) the cache of the config's frozen backbone over `cache_features.epochs`
-augmented passes of `train.dataset`; then train with `train.dataset='cached:CACHE_DIR'`.
-A cache built with another configuration is refused (exit code 2) and left untouched.
+augmented passes of `train.dataset`; then train with `train.dataset='cached:CACHE_DIR'`
+(streamed from disk; `cached_source.in_memory=True` loads it whole). Every replica of the
+strategy (gin `get_strategy.name`, e.g. 'mirrored' on several GPUs) embeds and writes its own shards;
+`cache_features.dtype='float16'` halves the cache. A cache built with another
+configuration is refused (exit code 2) and left untouched.
 """
 
 from absl import flags
@@ -31,7 +34,8 @@ def main(argv):
   m = result["manifest"]
   print(
     f"Feature cache {result['path']}: {m['key']['epochs']} epoch(s) x "
-    f"{m['key']['num_examples']} examples, {m['embedding_dim']}-d embeddings; "
+    f"{m['key']['num_examples']} examples, {m['embedding_dim']}-d {m['key']['dtype']} "
+    "embeddings; "
     f"{result['written']} shard(s) written, {result['skipped']} already there, "
     f'{result["seconds"]:.1f}s.\nTrain on it: --gin_param="train.dataset='
     f"'cached:{result['path']}'\"",

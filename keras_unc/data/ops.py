@@ -197,7 +197,8 @@ def _with_image(example: dict, image: tf.Tensor) -> dict:
 def decode(channels: int = 0):
   """Decodes encoded JPEG/PNG/... strings to uint8; no-op on decoded images.
 
-  channels=0 keeps the stored number of channels.
+  channels=0 keeps the stored number of channels, which is then unknown while tracing:
+  ops that need it (`randaugment`) want `decode(3)` (RGB, as ImageNet) or `decode(1)`.
   """
 
   def fn(ex):
@@ -410,7 +411,13 @@ def randaugment(num_ops: int = 2, magnitude: float = 10):
   layer = keras.layers.RandAugment(value_range=(0, 255), num_ops=num_ops, factor=magnitude / 10)
 
   def fn(ex):
-    return _with_image(ex, layer(ex["image"]))
+    image = ex["image"]
+    if image.shape.rank is not None and image.shape[-1] is None:
+      raise ValueError(
+        f"randaugment needs a known number of channels; got images of shape {image.shape}. "
+        "Decode encoded images with explicit channels, e.g. 'decode(3)|...' for RGB."
+      )
+    return _with_image(ex, layer(image))
 
   return fn
 

@@ -10,6 +10,21 @@ is a fresh permutation seeded by (seed, e), and every example gets a stateless
 Resuming at `start_step` therefore reproduces the exact same batches,
 augmentations included, and costs at most one epoch of skipping (nothing for
 in-memory sources, whose permutation is applied to indices).
+
+Three kinds of sources:
+  * `source.random_access` (in memory): a global permutation of indices per epoch,
+    strided over input pipelines, looked up with `source.train_lookup`.
+  * `source.streams_epochs` (e.g. a streamed feature cache, whose epochs hold different
+    data): the source builds each training epoch itself with
+    `source.train_epoch(split, seed, epoch, num_pipelines, pipeline_id, shuffle_buffer,
+    start)`, a dataset of example dicts for training epoch `epoch` (an int64 tensor) of
+    that input pipeline from its position `start` on, deterministic given (seed, epoch)
+    and holding exactly `len(range(pipeline_id, n, num_pipelines)) - start` examples.
+    Its examples may stay encoded (e.g. raw records): `source.decode(examples)` decodes
+    one example or a batch of them; with no preprocessing ops the pipeline batches the
+    encoded examples and decodes whole batches (no per-example work at all).
+  * otherwise (streamed, e.g. TFDS): a static shard per pipeline, shuffled each epoch in
+    a bounded buffer.
 """
 
 from __future__ import annotations
@@ -54,8 +69,11 @@ def _train_stream(
   n_local: int,
   skip: int,
   shuffle_buffer: int,
+  positions: bool = True,
 ) -> tf.data.Dataset:
-  """Infinite stream of (position, example-or-index) for this input pipeline."""
+  """Infinite stream of (position, example-or-index) for this input pipeline (examples
+  alone when not `positions`: `streams_epochs` sources only).
+  """
   epoch0, offset = divmod(skip, n_local)
 
   def start_of(e):  # only the first (resumed) epoch starts inside
@@ -73,6 +91,16 @@ def _train_stream(
       idx = perm[pipe_id::n_pipes][start:]
       pos = e * n_local + tf.range(start, n_local, dtype=tf.int64)
       return tf.data.Dataset.from_tensor_slices((pos, idx))
+  elif getattr(source, "streams_epochs", False):
+
+    def epoch(e):
+      tf.compat.v1.get_default_graph().seed = None  # As below: tensor shuffle seeds.
+      start = start_of(e)
+      ds = source.train_epoch(split, seed, e, n_pipes, pipe_id, shuffle_buffer, start)
+      if not positions:
+        return ds
+      pos = tf.data.Dataset.range(e * n_local + start, (e + 1) * n_local)
+      return tf.data.Dataset.zip(pos, ds)
   else:
     # Static shard, then shuffle within each pipeline's share.
     shard = source.load(split).shard(n_pipes, pipe_id)
@@ -115,7 +143,7 @@ def make_dataset(
     seed: seeds shuffling and the per-example augmentation seeds.
     start_step: global batches already consumed (resume); train only.
     input_context: from `tf.distribute`; shards examples across pipelines.
-    shuffle_buffer: shuffle buffer for streamed (TFDS) sources only;
+    shuffle_buffer: shuffle buffer for streamed sources (TFDS, `cached:`) only;
       in-memory sources are permuted exactly.
     drop_remainder: default True for train (static batch dim), else False.
   """
@@ -139,9 +167,14 @@ def make_dataset(
       f"for input pipeline {pipe_id} of {n_pipes}."
     )
 
+  streams = train and getattr(source, "streams_epochs", False)
+  decode = getattr(source, "decode", None) if streams else None
+  by_batch = streams and not (pre.example_ops or pre.batch_ops)  # Decoded per batch.
   if train:
     skip = start_step * (batch_size // n_pipes)
-    ds = _train_stream(source, split, seed, n_pipes, pipe_id, n, n_local, skip, shuffle_buffer)
+    ds = _train_stream(
+      source, split, seed, n_pipes, pipe_id, n, n_local, skip, shuffle_buffer, not by_batch
+    )
   else:
     ds = source.load(split).shard(n_pipes, pipe_id).enumerate()
 
@@ -150,6 +183,8 @@ def make_dataset(
   base_rng = tf.constant([seed, pipe_id], tf.int64)
 
   def per_example(pos, ex):
+    if decode is not None:
+      ex = decode(ex)
     if not isinstance(ex, dict):  # an index into the in-memory arrays
       ex = lookup(ex, pos // n_local)  # (index, epoch) -> example
     ex = dict(ex, _rng=tf.random.experimental.stateless_fold_in(base_rng, pos))
@@ -174,6 +209,10 @@ def make_dataset(
       )
     return batch["image"], batch["label"]
 
+  if by_batch:  # No per-example work: batch the encoded examples, decode per batch.
+    ds = ds.batch(per_batch, drop_remainder=drop_remainder)
+    ds = ds.map(lambda b: per_batch_fn(decode(b) if decode else b), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
   ds = ds.map(per_example, num_parallel_calls=AUTOTUNE, deterministic=True)
   ds = ds.batch(per_batch, drop_remainder=drop_remainder)
   ds = ds.map(per_batch_fn, num_parallel_calls=AUTOTUNE, deterministic=True)

@@ -24,6 +24,7 @@ features are the same functions of h (`tests/layers/test_gaussian_process.py` ch
 copied weights).
 """
 
+import contextlib
 import math
 
 import keras
@@ -150,6 +151,18 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
   inverts in float32), so the default is float64; TPUs have no float64, set "float32"
   there. Training calls return zeros instead and skip the O(D³) factorisation.
 
+  Covariance cache (TensorFlow backend): inference reuses `L⁻ᵀ` (L the Cholesky factor of
+  `s I + P`, in `solve_dtype`), so a call costs one `[B, D] × [D, D]` matmul, not an O(D³)
+  factorisation. The cache keeps the precision it was computed from; each inference call
+  checks it against `P` (an O(D²) comparison) and solves as above when they differ (after
+  a training update, a reset, a checkpoint restore or any assignment to `P`): the result
+  is the same either way (to float64 rounding). `refresh_covariance_cache()` (the trainer
+  calls `refresh_covariance_caches(network)` before each evaluation) recomputes it
+  eagerly; `serve_from_cache(network)` refreshes it and, while open, builds graphs that
+  read the cache alone (no comparison, no solve), for the SavedModel export. The cache
+  variables are not layer weights: neither checkpoints nor `.keras` files hold them, a
+  restored layer starts stale and is refreshed on demand.
+
   Distribution: `P` is created with `aggregation="mean"`. Under `tf.distribute` every
   replica updates from its own batch and the assigned values are averaged across the R
   replicas; in exact mode each replica adds `R · S_local`, so the mean is `P + S_global`.
@@ -260,6 +273,8 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
     self.input_norm = (
       keras.layers.LayerNormalization(name="input_layer_norm") if self.normalize_input else None
     )
+    self._cache = None  # `_CovarianceCache` (TensorFlow backend), made by `build`.
+    self._serve_cached = False  # Set by `serve_from_cache`: no staleness check, no solve.
 
   def _seed(self, offset):
     return None if self.seed is None else int(self.seed) + offset
@@ -313,6 +328,8 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
       aggregation="mean",
       initializer="zeros",
     )
+    if keras.backend.backend() == "tensorflow":
+      self._cache = _CovarianceCache(d, self.solve_dtype, self.name)
     self.built = True
 
   def random_features(self, inputs):
@@ -356,15 +373,60 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
     self.precision_matrix.assign(new)
 
   def predictive_variance(self, phi):
-    """`s · φᵀ (s I + P)⁻¹ φ` per row of φ `[B, D]`, float32 `[B]` (Cholesky solve)."""
+    """`s · φᵀ (s I + P)⁻¹ φ` per row of φ `[B, D]`, float32 `[B]`: from the covariance
+    cache when it was computed from the current P, else by a Cholesky solve.
+    """
+    cache = self._cache
+    if cache is None:
+      return self._solved_variance(phi, ops.convert_to_tensor(self.precision_matrix))
+    if self._serve_cached:
+      return self._cached_variance(phi)
+    precision = ops.convert_to_tensor(self.precision_matrix)
+    fresh = ops.all(ops.equal(precision, ops.convert_to_tensor(cache.precision)))
+    return ops.cond(
+      fresh,
+      lambda: self._cached_variance(phi),
+      lambda: self._solved_variance(phi, precision),
+    )
+
+  def _cholesky(self, precision):
+    """L, the lower Cholesky factor of `s I + P` (P symmetrised), in `solve_dtype`."""
     dtype = self.solve_dtype
-    phi = ops.cast(phi, dtype)
-    s = self.gp_cov_ridge_penalty
-    precision = ops.cast(ops.convert_to_tensor(self.precision_matrix), dtype)
+    precision = ops.cast(precision, dtype)
     precision = 0.5 * (precision + ops.transpose(precision))  # Exactly symmetric.
-    chol = ops.cholesky(precision + s * ops.eye(self.num_inducing, dtype=dtype))
-    z = ops.solve_triangular(chol, ops.transpose(phi), lower=True)  # L⁻¹ φᵀ, [D, B].
-    return ops.cast(s * ops.sum(ops.square(z), axis=0), "float32")
+    s = self.gp_cov_ridge_penalty
+    return ops.cholesky(precision + s * ops.eye(self.num_inducing, dtype=dtype))
+
+  def _solved_variance(self, phi, precision):
+    z = ops.solve_triangular(
+      self._cholesky(precision), ops.transpose(ops.cast(phi, self.solve_dtype)), lower=True
+    )  # L⁻¹ φᵀ, [D, B].
+    return ops.cast(self.gp_cov_ridge_penalty * ops.sum(ops.square(z), axis=0), "float32")
+
+  def _cached_variance(self, phi):
+    z = ops.matmul(ops.cast(phi, self.solve_dtype), ops.convert_to_tensor(self._cache.factor))
+    return ops.cast(self.gp_cov_ridge_penalty * ops.sum(ops.square(z), axis=1), "float32")
+
+  def refresh_covariance_cache(self):
+    """Recomputes the covariance cache from the current precision matrix if it is stale
+    (eagerly, in cross-replica context: before evaluation or export). Returns whether it did.
+    """
+    cache = self._cache
+    if cache is None:
+      return False
+    precision = ops.convert_to_tensor(self.precision_matrix)
+    if bool(ops.all(ops.equal(precision, ops.convert_to_tensor(cache.precision)))):
+      return False
+    inverse = ops.solve_triangular(
+      self._cholesky(precision), ops.eye(self.num_inducing, dtype=self.solve_dtype), lower=True
+    )
+    cache.assign(precision, ops.transpose(inverse))  # L⁻ᵀ: z = φ L⁻ᵀ = (L⁻¹ φᵀ)ᵀ.
+    return True
+
+  @property
+  def covariance_cache_variables(self):
+    """The cache's variables (an export must track them), or `[]` without a cache."""
+    return [] if self._cache is None else [self._cache.precision, self._cache.factor]
 
   def reset_covariance(self):
     """Sets the precision matrix back to zero, the prior `s · I` alone (each epoch start)."""
@@ -391,6 +453,66 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
       "solve_dtype": self.solve_dtype,
       "seed": self.seed,
     }
+
+
+class _CovarianceCache:
+  """`L⁻ᵀ` (`[D, D]`, `solve_dtype`) and the precision it was computed from (NaN at first:
+  stale). A plain object, so that neither Keras nor TensorFlow tracks its variables as
+  weights of the layer (checkpoints and `.keras` files keep their layout).
+  """
+
+  def __init__(self, d, dtype, name):
+    import tensorflow as tf
+
+    self.strategy = tf.distribute.get_strategy()
+    with tf.init_scope():
+      self.precision = tf.Variable(
+        tf.fill([d, d], float("nan")), trainable=False, name=f"{name}_cache_precision"
+      )
+      self.factor = tf.Variable(
+        tf.zeros([d, d], dtype), trainable=False, name=f"{name}_cache_factor"
+      )
+
+  def assign(self, precision, factor):
+    import tensorflow as tf
+
+    scope = contextlib.nullcontext() if tf.distribute.has_strategy() else self.strategy.scope()
+    with scope:
+      self.factor.assign(factor)
+      self.precision.assign(precision)
+
+
+def gaussian_process_layers(model):
+  """Every `RandomFeatureGaussianProcess` in `model` (nested models and layers included)."""
+  found = model._flatten_layers(include_self=True, recursive=True)
+  return [layer for layer in found if isinstance(layer, RandomFeatureGaussianProcess)]
+
+
+def refresh_covariance_caches(model):
+  """Refreshes the covariance cache of every GP layer of `model` (see
+  `RandomFeatureGaussianProcess`); call it eagerly before an evaluation. Returns the
+  number of caches recomputed.
+  """
+  return sum(layer.refresh_covariance_cache() for layer in gaussian_process_layers(model))
+
+
+@contextlib.contextmanager
+def serve_from_cache(model):
+  """Refreshes the GP layers' covariance caches; inside the block, functions traced through
+  `model` read the cache alone (one matmul per call, no staleness check, no Cholesky): for
+  a SavedModel, whose precision never changes. Yields the cache variables, which the export
+  must track (`ExportArchive.add_variable_collection`).
+  """
+  gps = gaussian_process_layers(model)
+  for layer in gps:
+    layer.refresh_covariance_cache()
+  try:
+    for layer in gps:
+      layer._serve_cached = layer._cache is not None
+    yield [v for layer in gps for v in layer.covariance_cache_variables]
+  finally:
+    for layer in gps:
+      layer._serve_cached = False
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")

@@ -64,6 +64,7 @@ class _MCHeteroscedasticBase(keras.layers.Layer):
     return_samples,
     seed,
     min_scale=MIN_SCALE,
+    test_share_samples=False,
     **kwargs,
   ):
     super().__init__(**kwargs)
@@ -78,6 +79,7 @@ class _MCHeteroscedasticBase(keras.layers.Layer):
     self.train_mc_samples = int(train_mc_samples)
     self.test_mc_samples = int(test_mc_samples)
     self.share_samples_across_batch = bool(share_samples_across_batch)
+    self.test_share_samples = bool(test_share_samples)
     self.return_samples = bool(return_samples)
     self.min_scale = float(min_scale)
     self.seed = seed
@@ -86,6 +88,10 @@ class _MCHeteroscedasticBase(keras.layers.Layer):
 
   def _num_samples(self, training):
     return self.train_mc_samples if training else self.test_mc_samples
+
+  def _shares_samples(self, training):
+    """Whether this call draws one set of ε for the whole batch."""
+    return self.share_samples_across_batch or (not training and self.test_share_samples)
 
   def _sample_noise(self, batch_size, num_samples):
     """Standard normal ε: (`[B', S, R]` or None when R = 0, `[B', S, N]`), B' = 1 if shared."""
@@ -114,9 +120,11 @@ class _MCHeteroscedasticBase(keras.layers.Layer):
     """d(x) = softplus(Dense(x)) + min_scale, `[B, N]`."""
     return self.diag_layer(inputs) + self.min_scale
 
-  def _noise(self, inputs, num_samples, diag=None):
-    """`V(x) ε_R + d(x) ∘ ε_N`, `[B, S, N]` (`diag` replaces d(x) when given)."""
-    eps_factor, eps_diag = self._sample_noise(ops.shape(inputs)[0], num_samples)
+  def _noise(self, inputs, num_samples, diag=None, shared=False):
+    """`V(x) ε_R + d(x) ∘ ε_N`, `[B, S, N]` (`diag` replaces d(x) when given; `shared`: one
+    set of ε for the batch).
+    """
+    eps_factor, eps_diag = self._sample_noise(1 if shared else ops.shape(inputs)[0], num_samples)
     diag = self._diag_scale(inputs) if diag is None else diag
     noise = ops.expand_dims(diag, 1) * eps_diag
     if self.num_factors > 0:
@@ -151,6 +159,7 @@ class _MCHeteroscedasticBase(keras.layers.Layer):
       "train_mc_samples": self.train_mc_samples,
       "test_mc_samples": self.test_mc_samples,
       "share_samples_across_batch": self.share_samples_across_batch,
+      "test_share_samples": self.test_share_samples,
       "return_samples": self.return_samples,
       "min_scale": self.min_scale,
       "seed": self.seed,
@@ -174,6 +183,7 @@ class _MCFactorAnalysisBase(_MCHeteroscedasticBase):
     min_scale=MIN_SCALE,
     het_var_weight=1.0,
     loc_var_weight=1.0,
+    test_share_samples=False,
     **kwargs,
   ):
     super().__init__(
@@ -186,6 +196,7 @@ class _MCFactorAnalysisBase(_MCHeteroscedasticBase):
       return_samples,
       seed,
       min_scale,
+      test_share_samples,
       **kwargs,
     )
     if not (het_var_weight >= 0 and loc_var_weight >= 0):
@@ -244,7 +255,7 @@ class _MCFactorAnalysisBase(_MCHeteroscedasticBase):
     scale = ops.expand_dims(self.scale_layer_heteroscedastic(inputs), 1)  # [B, 1, K]
     return scale * ops.matmul(eps_factor, ops.cast(self.shared_factor, dtype))
 
-  def _latent_samples(self, inputs, loc, num_samples, loc_variance=None):
+  def _latent_samples(self, inputs, loc, num_samples, loc_variance=None, shared=False):
     """`u_s = μ + V ε_R + d ∘ ε_K`, `[B, S, K]`.
 
     With `loc_variance` v `[B]`, d becomes `sqrt(het_var_weight · d² + loc_var_weight · v)`
@@ -263,13 +274,15 @@ class _MCFactorAnalysisBase(_MCHeteroscedasticBase):
       d = self._diag_scale(inputs)
       v = ops.expand_dims(ops.cast(loc_variance, d.dtype), -1)
       diag = ops.sqrt(self.het_var_weight * ops.square(d) + self.loc_var_weight * v)
-    return ops.expand_dims(loc, 1) + self._noise(inputs, num_samples, diag)
+    return ops.expand_dims(loc, 1) + self._noise(inputs, num_samples, diag, shared)
 
   def call(self, inputs, loc=None, loc_variance=None, training=None):
     num_samples = self._num_samples(training)
     if training:
       loc_variance = None  # edward2 adds the GP variance at test time only.
-    return self._output(self._latent_samples(inputs, loc, num_samples, loc_variance), num_samples)
+    shared = self._shares_samples(training)
+    samples = self._latent_samples(inputs, loc, num_samples, loc_variance, shared)
+    return self._output(samples, num_samples)
 
   def compute_output_shape(self, inputs_shape, loc_shape=None, loc_variance_shape=None):
     # Keras matches these names to the `call` arguments.
@@ -303,6 +316,11 @@ class MCSoftmaxDenseFA(_MCFactorAnalysisBase):
     train_mc_samples: S when `training` is true.
     test_mc_samples: S otherwise (also when `training` is None).
     share_samples_across_batch: draw one set of ε for the whole batch (ε `[1, S, ·]`).
+    test_share_samples: share ε across the batch in inference calls only (falsy `training`),
+      whatever `share_samples_across_batch` says for training. Each example's Monte Carlo
+      estimate keeps its distribution (same S, unbiased, same variance); only the errors of
+      different examples become correlated. It saves the `[B, S, ·]` noise draws (a serving
+      option: `benchmarks/serving.py`); training is unchanged.
     parameter_efficient: instead of `V(x) = Dense(C·R)(x)`, use `V(x) = diag(v(x)) V` with one
       shared `C × R` matrix V and `v(x) = Dense(C)(x)` (as in edward2; here V has no bias).
     return_samples: also return the tempered latent samples `u_s / τ` `[B, S, C]`.
@@ -350,8 +368,8 @@ class MCSigmoidDenseFA(_MCFactorAnalysisBase):
     num_outputs: K, the number of labels.
     num_factors: R < K; 0 = diagonal noise only.
     temperature, train_mc_samples, test_mc_samples, share_samples_across_batch,
-    parameter_efficient, return_samples, seed, min_scale, het_var_weight, loc_var_weight: as
-      in `MCSoftmaxDenseFA`.
+    test_share_samples, parameter_efficient, return_samples, seed, min_scale, het_var_weight,
+    loc_var_weight: as in `MCSoftmaxDenseFA`.
 
   Example:
   >>> head = MCSigmoidDenseFA(num_outputs=5, num_factors=2, test_mc_samples=100, seed=0)
@@ -394,6 +412,9 @@ class HetXLDense(_MCHeteroscedasticBase):
     train_mc_samples: S when `training` is true.
     test_mc_samples: S otherwise.
     share_samples_across_batch: draw one set of ε for the whole batch.
+    test_share_samples: share ε across the batch in inference calls only (as in
+      `MCSoftmaxDenseFA`); with C <= S the diagonal term is then `ε_D diag(d_b) W`, no
+      `[B, S, D]` draw.
     return_samples: also return the tempered sampled logits `[B, S, C]`.
     seed: int seed of the layer's `keras.random.SeedGenerator`.
     min_scale: added to the softplus diagonal scale (edward2: 1e-3).
@@ -419,6 +440,7 @@ class HetXLDense(_MCHeteroscedasticBase):
     return_samples=False,
     seed=None,
     min_scale=MIN_SCALE,
+    test_share_samples=False,
     **kwargs,
   ):
     super().__init__(
@@ -431,6 +453,7 @@ class HetXLDense(_MCHeteroscedasticBase):
       return_samples,
       seed,
       min_scale,
+      test_share_samples,
       **kwargs,
     )
     self.classifier = keras.layers.Dense(num_classes, name="classifier", dtype=self.dtype_policy)
@@ -466,10 +489,11 @@ class HetXLDense(_MCHeteroscedasticBase):
     # same sums, but the low-rank part costs B·S·R·C instead of B·S·D·(R + C), and with
     # shared samples the diagonal part `ε_D diag(d_b) W` never draws or stores [B, S, D].
     num_samples = self._num_samples(training)
-    eps_factor, eps_diag = self._sample_noise(ops.shape(inputs)[0], num_samples)
+    shared = self._shares_samples(training)
+    eps_factor, eps_diag = self._sample_noise(1 if shared else ops.shape(inputs)[0], num_samples)
     kernel = ops.cast(self.classifier.kernel, self.compute_dtype)  # W, [D, C]
     d = self._diag_scale(inputs)  # [B, D]
-    if self.share_samples_across_batch and self.size <= num_samples:
+    if shared and self.size <= num_samples:
       # [S, D] @ [B, D, C]: cheaper than the [B, S, D] noise when C <= S.
       diag_part = ops.einsum("sd,bdc->bsc", eps_diag[0], ops.expand_dims(d, -1) * kernel)
     else:

@@ -26,6 +26,20 @@ def _unit_normal(shape, dtype=None):
   return _normalize(keras.random.normal(shape, dtype=dtype or "float32"))
 
 
+class _Float32(keras.layers.Layer):
+  """Runs `fn(u, training)` as a float32 layer, so variables are read in float32 also when
+  called from a layer of a mixed dtype policy (Keras casts variable reads to the compute
+  dtype of the innermost layer being called). Created by its owner, not serialized.
+  """
+
+  def __init__(self, fn, **kwargs):
+    super().__init__(dtype="float32", **kwargs)
+    self.fn = fn  # A bound method of the owner (not a layer: not tracked).
+
+  def call(self, u, training=False):
+    return self.fn(u, training)
+
+
 @keras.saving.register_keras_serializable(package="keras_unc")
 class SpectralNormalization(keras.layers.Wrapper):
   """Rescales the wrapped layer's kernel so its spectral norm is at most `norm_bound`.
@@ -50,6 +64,11 @@ class SpectralNormalization(keras.layers.Wrapper):
   `u` is created with `aggregation="only_first_replica"`: every replica computes the same
   `u` from the same mirrored kernel, and this is the mode under which `assign` inside
   `tf.distribute.MirroredStrategy.run` works without an all-reduce.
+
+  Mixed precision: the power iteration, σ and `W̃` are computed in float32 from the float32
+  kernel (in a nested float32 layer: Keras would otherwise read the kernel in the compute
+  dtype, which moves `u` and σ by ~1e-3 under bfloat16); `W̃` is then cast to the compute
+  dtype, in which the wrapped layer's math runs.
 
   Supported wrapped layers: `keras.layers.Dense`, `keras.layers.Conv2D` (matmul / conv
   + bias + activation, honouring the wrapped layer's strides, padding, dilation,
@@ -95,6 +114,7 @@ class SpectralNormalization(keras.layers.Wrapper):
     super().__init__(layer, **kwargs)
     self.norm_bound = float(norm_bound)
     self.power_iterations = int(power_iterations)
+    self.float32_part = _Float32(self._normalized_kernel, name="power_iteration")
 
   def build(self, input_shape):
     super().build(input_shape)
@@ -134,10 +154,12 @@ class SpectralNormalization(keras.layers.Wrapper):
     )
 
   def normalized_kernel(self, training=False):
-    """`W / max(1, σ/c)`; with `training=True` first updates u by power iteration."""
-    kernel = ops.convert_to_tensor(self.layer.kernel)
+    """`W / max(1, σ/c)` (float32); with `training=True` first updates u by power iteration."""
+    return self.float32_part(ops.convert_to_tensor(self.u), training=bool(training))
+
+  def _normalized_kernel(self, u, training):
+    kernel = ops.convert_to_tensor(self.layer.kernel)  # float32: called by `float32_part`.
     w_mat = self._kernel_matrix(kernel)
-    u = ops.convert_to_tensor(self.u)
     if training:
       w_const = ops.stop_gradient(w_mat)
       for _ in range(self.power_iterations):
@@ -150,10 +172,11 @@ class SpectralNormalization(keras.layers.Wrapper):
     return kernel * ops.cast(scale, kernel.dtype)
 
   def call(self, inputs, training=None):
-    kernel = self.normalized_kernel(training=bool(training))
     layer = self.layer
+    kernel = self.normalized_kernel(training=bool(training))  # float32.
     if callable(getattr(layer, "kernel_call", None)):
-      return layer.kernel_call(inputs, kernel)
+      return layer.kernel_call(inputs, ops.cast(kernel, layer.compute_dtype))
+    kernel = ops.cast(kernel, self.compute_dtype)  # Inputs and bias are autocast to it.
     if isinstance(layer, keras.layers.Dense):
       outputs = ops.matmul(inputs, kernel)
       if layer.use_bias:

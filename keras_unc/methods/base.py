@@ -29,6 +29,17 @@ LOSSES = {
 }
 
 
+def float32_embedding(embedding: keras.KerasTensor, members: int) -> keras.KerasTensor:
+  """The `embedding` output `[B, D]`: the member mean for M > 1, float32 whatever the dtype
+  policy (every output of the network is float32, the Keras convention for model outputs).
+  """
+  if members > 1:
+    return layers.MemberMean(members, name="embedding", dtype="float32")(embedding)
+  if embedding.dtype == "float32":
+    return embedding  # (float32 networks keep their layers as they were.)
+  return keras.layers.Identity(name="embedding_float32", dtype="float32")(embedding)
+
+
 class Method:
   """A composition of backbone modifiers, a head, a loss and an uncertainty score.
 
@@ -93,14 +104,13 @@ class Method:
     """
     logits, extras = self.head(embedding, num_classes, self.members)
     kind = "sigmoid" if self.loss_name == "sigmoid" else "softmax"
-    probs = layers.Predictive(kind, name="probs")(logits)
-    if self.members > 1:
-      embedding = layers.MemberMean(self.members, name="embedding")(embedding)
+    probs = layers.Predictive(kind, name="probs", dtype="float32")(logits)
+    score = layers.UncertaintyScore(self.uncertainty, name="uncertainty", dtype="float32")
     return {
       "logits": logits,
       "probs": probs,
-      "uncertainty": layers.UncertaintyScore(self.uncertainty, name="uncertainty")(probs),
-      "embedding": embedding,
+      "uncertainty": score(probs),
+      "embedding": float32_embedding(embedding, self.members),
       **extras,
     }
 

@@ -61,7 +61,7 @@ class Linear(Head):
       name="head",
       dtype="float32",
     )(x)
-    return layers.MemberAxis(members, name="logits")(x), {}
+    return layers.MemberAxis(members, name="logits", dtype="float32")(x), {}
 
 
 class BatchEnsembleLinear(Head):
@@ -78,7 +78,7 @@ class BatchEnsembleLinear(Head):
     x = DenseBatchEnsemble(num_classes, members, name="head", dtype="float32", **self.fast)(
       embedding
     )
-    return layers.MemberAxis(members, name="logits")(x), {}
+    return layers.MemberAxis(members, name="logits", dtype="float32")(x), {}
 
 
 @gin.configurable("shallow_ensemble_head")
@@ -100,7 +100,7 @@ class ShallowEnsemble(Head):
     logits = ShallowEnsembleHead(num_classes, self.num_heads, name="head", dtype="float32")(
       embedding
     )
-    return keras.layers.Identity(name="logits")(logits), {}
+    return keras.layers.Identity(name="logits", dtype="float32")(logits), {}
 
 
 @gin.configurable("mc_dropout_head")
@@ -124,7 +124,7 @@ class MCDropoutHead(Head):
     x = TileMembers(s, train_members=1, name="mc_tile")(embedding)
     x = MCDropout(self.rate, name="mc_dropout")(x)
     x = keras.layers.Dense(num_classes, name="head", dtype="float32")(x)
-    return layers.MemberAxis(s, train_members=1, name="logits")(x), {}
+    return layers.MemberAxis(s, train_members=1, name="logits", dtype="float32")(x), {}
 
 
 class _Resets(keras.callbacks.Callback):
@@ -210,12 +210,14 @@ class GaussianProcess(Head):
 
   def gp_logits(self, embedding, num_classes):
     logits, variance = self.gp_outputs(embedding, num_classes)
-    return MeanFieldLogits(self.mean_field_factor, name="mean_field")((logits, variance)), variance
+    mean_field = MeanFieldLogits(self.mean_field_factor, name="mean_field", dtype="float32")
+    return mean_field((logits, variance)), variance
 
   def __call__(self, embedding, num_classes, members):
     logits, variance = self.gp_logits(embedding, num_classes)
-    extras = {"gp_variance": keras.layers.Identity(name="gp_variance")(variance)}
-    return layers.MemberAxis(members, name="logits")(logits), extras if members == 1 else {}
+    extras = {"gp_variance": keras.layers.Identity(name="gp_variance", dtype="float32")(variance)}
+    logits = layers.MemberAxis(members, name="logits", dtype="float32")(logits)
+    return logits, extras if members == 1 else {}
 
   def callbacks(self):
     return [_Resets(self.built_layers, self.reset_every)] if self.reset_every else []
@@ -236,6 +238,10 @@ class Heteroscedastic(Head):
     share_samples_across_batch: one set of noise draws for the whole batch (ub's HetSNGP
       and HET-XL runs set it).
     min_scale: floor added to the diagonal noise scale (edward2: 1e-3).
+    test_share_samples: one set of noise draws per batch at inference only (evaluation and
+      the SavedModel), training unchanged. Each example's estimate keeps its distribution;
+      the draws cost S instead of B x S. For serving, set it with a smaller
+      `test_mc_samples` (README "Serving"; `benchmarks/serving.py` measures both).
   """
 
   def __init__(
@@ -248,6 +254,7 @@ class Heteroscedastic(Head):
     xl: bool = False,
     share_samples_across_batch: bool = False,
     min_scale: float = 1e-3,
+    test_share_samples: bool = False,
   ):
     if temperature <= 0:
       raise ValueError(f"temperature must be > 0, got {temperature}.")
@@ -258,6 +265,7 @@ class Heteroscedastic(Head):
       test_mc_samples=test_mc_samples,
       share_samples_across_batch=share_samples_across_batch,
       min_scale=min_scale,
+      test_share_samples=test_share_samples,
     )
     self.multilabel, self.xl = multilabel, xl
 
@@ -277,7 +285,7 @@ class Heteroscedastic(Head):
 
   def __call__(self, embedding, num_classes, members):
     x = self.het_layer(num_classes)(embedding)
-    return layers.MemberAxis(members, name="logits")(x), {}
+    return layers.MemberAxis(members, name="logits", dtype="float32")(x), {}
 
 
 HETGP_INFERENCE = ("edward2", "mean_field")
@@ -321,7 +329,7 @@ class HetGP(Head):
       loc, variance = self.gp.gp_outputs(embedding, num_classes)
       het = self.het.het_layer(num_classes, **self.weights)
       x = het(embedding, loc=loc, loc_variance=variance)
-    return layers.MemberAxis(members, name="logits")(x), {}
+    return layers.MemberAxis(members, name="logits", dtype="float32")(x), {}
 
   def callbacks(self):
     return self.gp.callbacks()

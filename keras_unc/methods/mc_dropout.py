@@ -85,12 +85,14 @@ class MCDropout(Method):
       name="head",
       dtype="float32",
     )(embedding)
-    logits = layers.MemberAxis(s, train_members=1, name="logits")(x)
+    logits = layers.MemberAxis(s, train_members=1, name="logits", dtype="float32")(x)
     kind = "sigmoid" if self.loss_name == "sigmoid" else "softmax"
-    probs = layers.Predictive(kind, name="probs")(logits)
+    probs = layers.Predictive(kind, name="probs", dtype="float32")(logits)
+    score = layers.UncertaintyScore(self.uncertainty, name="uncertainty", dtype="float32")
+    mean = layers.MemberMean(s, train_members=1, name="embedding", dtype="float32")
     return {
       "logits": logits,
       "probs": probs,
-      "uncertainty": layers.UncertaintyScore(self.uncertainty, name="uncertainty")(probs),
-      "embedding": layers.MemberMean(s, train_members=1, name="embedding")(embedding),
+      "uncertainty": score(probs),
+      "embedding": mean(embedding),
     }

@@ -99,7 +99,21 @@ def _tpu_strategy(tpu):
 
 @gin.configurable
 def set_precision(policy="float32"):
-  """Sets the global Keras dtype policy (`mixed_bfloat16` on TPU, `mixed_float16` on GPU)."""
+  """Sets the global Keras dtype policy (`mixed_bfloat16` on TPU, `mixed_float16` on GPU).
+
+  Under the mixed policies the backbone computes in bfloat16/float16 and every variable is
+  float32; the heads, the uncertainty modules and the output layers run in float32 (every
+  output of the network is float32), the spectral-norm power iteration and the GP precision
+  and its solve are float32 (the solve float64 by default), and under `mixed_float16` the
+  optimizer gets dynamic loss scaling (`training.optim.make_optimizer`), whose state is
+  checkpointed. See docs/tpu.md ("Precision").
+
+  Args:
+    policy: one of `PRECISIONS`.
+
+  Returns:
+    The policy name.
+  """
   if policy not in PRECISIONS:
     raise ValueError(f"Unknown precision policy {policy!r}: choose one of {', '.join(PRECISIONS)}.")
   keras.config.set_dtype_policy(policy)

@@ -32,6 +32,7 @@ from keras_unc.data import get_source
 from keras_unc.evaluators import Predictor
 from keras_unc.evaluators.base import Prefixed, hard_labels
 from keras_unc.evaluators.runner import run_round
+from keras_unc.layers import gaussian_process
 from keras_unc.posthoc import state as posthoc_state
 from keras_unc.training import export as export_lib
 from keras_unc.training import feature_cache, restore
@@ -208,6 +209,7 @@ def calibrate(
   source = get_source(dataset)
   _check_held_out(checkpoint, dataset, split, source)
   batch_size = batch_size or config.value("train.eval_batch_size")
+  gaussian_process.refresh_covariance_caches(network)  # GP heads: one solve, not one a batch.
   predictor = Predictor(network, batch_size)
   outputs, labels = predictor(dataset, split, preprocess)
   labels = hard_labels(labels)

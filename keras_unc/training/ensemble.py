@@ -29,7 +29,7 @@ from keras import ops
 from keras_unc import config
 from keras_unc.evaluators import Predictor
 from keras_unc.evaluators.runner import run_round
-from keras_unc.layers import UncertaintyScore
+from keras_unc.layers import UncertaintyScore, gaussian_process
 from keras_unc.runtime import checkpoints, files
 from keras_unc.training import export as export_lib
 from keras_unc.training import feature_cache, restore
@@ -156,6 +156,7 @@ def build_ensemble(members, workdir, *, evaluators=None, export=True, batch_size
   evaluators = list(config.query("train.evaluators", ()) if evaluators is None else evaluators)
   found = {}
   if evaluators:
+    gaussian_process.refresh_covariance_caches(ensemble)  # GP members: one solve each.
     predictor = Predictor(ensemble, batch_size or config.value("train.eval_batch_size"))
     writer = tf.summary.create_file_writer(os.path.join(workdir, "eval"))
     found = run_round(evaluators, predictor, workdir, writer, 0)

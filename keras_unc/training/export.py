@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from keras_unc.layers import gaussian_process
 from keras_unc.runtime import files
 
 
@@ -15,6 +16,8 @@ def export_saved_model(network, path, input_shape, input_dtype=tf.uint8, posthoc
   the outputs of the post-hoc components (`keras_unc.posthoc`), applied in order, each one's
   Keras layer updating the dict: e.g. calibrated `probs` and `uncalibrated_probs`,
   `prediction_set [B, C]` and `set_size [B]`, `ood_score [B]` and `is_ood [B]`.
+  GP heads serve from their covariance cache, refreshed here (`serve_from_cache`): one matmul
+  per call for the predictive variance, no Cholesky solve in the serving graph.
 
   Args:
     network: the functional network (raw images -> output dict).
@@ -23,8 +26,15 @@ def export_saved_model(network, path, input_shape, input_dtype=tf.uint8, posthoc
     input_dtype: dtype of the raw images.
     posthoc: fitted post-hoc components in application order (`posthoc.state.ordered`).
   """
+  with gaussian_process.serve_from_cache(network) as caches:
+    return _export(network, path, input_shape, input_dtype, posthoc, caches)
+
+
+def _export(network, path, input_shape, input_dtype, posthoc, caches):
   archive = keras.export.ExportArchive()
   archive.track(network)
+  if caches:  # Not layer weights: tracked here so that the SavedModel holds them.
+    archive.add_variable_collection("gp_covariance_caches", caches)
   layers = [c.layer() for c in posthoc]
 
   def serve(images):

@@ -7,8 +7,14 @@ The cache run builds the network of the gin config, loads the backbone (and clas
 weights from `cache_features.checkpoint` (default: `train.warm_start`), and runs it over
 `epochs` passes of the training split with the training preprocessing (random
 augmentations seeded by (seed, epoch, example)), storing embeddings, classifier logits and
-labels in shards. Each shard is written under a temporary name and renamed, so a killed
-run leaves only whole shards and rerunning the command resumes it. `manifest.json` records
+labels in shards of fixed-length records (format: `keras_unc.data.cached`; embeddings and
+logits in `dtype` float32 or float16). It runs under the active `tf.distribute` strategy
+(else `get_strategy`'s): the missing shards of an epoch are dealt to the replicas, each
+replica runs the backbone on its shards' examples and its shards are written as
+`e<epoch>-s<shard>-w<replica>.bin`. Augmentations depend only on (seed, epoch, example), so
+the cache holds the same values whatever the number of replicas. Each shard is written
+under a temporary name and renamed, so a killed run leaves only whole shards and rerunning
+the command (with any number of replicas) resumes it. `manifest.json` records
 what the cache depends on (backbone config, checkpoint hash, data, preprocessing, epochs);
 a rerun with a different config is refused without touching the cache.
 
@@ -35,13 +41,16 @@ from keras_unc.data import get_source, parse_ops, parse_split
 from keras_unc.data.cached import (
   FORMAT_VERSION,
   MANIFEST,
+  SHARD_SUFFIX,
   missing_shards,
   num_shards,
   read_manifest,
+  record_layout,
   shard_name,
+  write_shard,
 )
 from keras_unc.methods import Deterministic, get_method
-from keras_unc.runtime import checkpoints, files
+from keras_unc.runtime import checkpoints, distribute, files
 from keras_unc.training.network import build_network
 
 log = logging.getLogger(__name__)
@@ -203,18 +212,13 @@ def fitted_examples(checkpoint, dataset, split, num_examples):
 # ------------------------------------------------------------------ building the cache
 
 
-def _write_shard(path, arrays):
-  with files.atomic_write(path, "wb") as f:
-    np.savez(f, **arrays)
-
-
 def _write_manifest(cache_dir, manifest):
   files.write_json(os.path.join(cache_dir, MANIFEST), manifest, indent=1)
 
 
 def _clear(cache_dir):
   for name in os.listdir(cache_dir):
-    if name == MANIFEST or name.endswith(".npz") or ".tmp" in name:
+    if name == MANIFEST or name.endswith((SHARD_SUFFIX, ".npz")) or ".tmp" in name:
       os.remove(os.path.join(cache_dir, name))
 
 
@@ -235,6 +239,7 @@ def cache_features(
   epochs=1,
   shard_size=4096,
   batch_size=256,
+  dtype="float32",
   dataset=None,
   split=None,
   preprocess=None,
@@ -251,8 +256,10 @@ def cache_features(
     checkpoint: checkpoint folder or training workdir with the pretrained weights
       (default: `train.warm_start`).
     epochs: number E of augmented passes over the split.
-    shard_size: examples per shard (the unit of resumption).
-    batch_size: backbone batch size.
+    shard_size: examples per shard (the unit of resumption and of a replica's work).
+    batch_size: global backbone batch size (split over the replicas).
+    dtype: storage dtype of embeddings and logits, 'float32' or 'float16' (half the
+      disk and I/O; read back as float32).
     dataset, split, preprocess, seed, method: default to the `train.*` bindings, so the
       training config itself builds its cache.
     jit_compile: XLA-compile the backbone.
@@ -275,6 +282,7 @@ def cache_features(
       f"train.dataset is {dataset!r}, already a cache: cache_features needs "
       "the image dataset the cache is built from (set cache_features.dataset)."
     )
+  record_layout(1, 1, dtype)  # Refuses an unknown dtype before anything is touched.
   if epochs < 1 or shard_size < 1:
     raise ValueError(
       f"cache_features.epochs ({epochs}) and shard_size ({shard_size}) must be >= 1."
@@ -304,6 +312,7 @@ def cache_features(
     "epochs": int(epochs),
     "seed": int(seed),
     "shard_size": int(shard_size),
+    "dtype": dtype,
     "backbone": backbone_config(),
     "checkpoint_sha256": ckpt["sha256"],
   }
@@ -322,7 +331,7 @@ def cache_features(
     log.warning("Overwriting the stale feature cache %s", cache_dir)
     _clear(cache_dir)
     old = None
-  elif old is None and any(x.endswith(".npz") for x in os.listdir(cache_dir)):
+  elif old is None and any(x.endswith((SHARD_SUFFIX, ".npz")) for x in os.listdir(cache_dir)):
     if not overwrite:
       raise StaleCacheError(
         f"{cache_dir} holds shards but no {MANIFEST}: not a cache this "
@@ -348,9 +357,12 @@ def cache_features(
       split,
       ckpt["path"],
     )
-  network = build_network(
-    method, source.num_classes, source.image_shape, freeze_backbone=True, separate_head=True
-  )
+  strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
+  strategy = strategy or distribute.get_strategy()
+  with strategy.scope():
+    network = build_network(
+      method, source.num_classes, source.image_shape, freeze_backbone=True, separate_head=True
+    )
   loaded = load_pretrained(network, ckpt["path"])
   log.info("Cache backbone from %s: %s", ckpt["path"], loaded)
   manifest = {
@@ -361,6 +373,7 @@ def cache_features(
     "num_classes": source.num_classes,
     "image_shape": list(source.image_shape),
     "embedding_dim": int(network.features.shape[-1]),
+    "layout": record_layout(network.features.shape[-1], source.num_classes, dtype),
     "fitted_examples": fitted,  # Cached examples the backbone trained on (0: held out).
     "gin_config": gin.config_str(),
     "complete": False,
@@ -370,8 +383,11 @@ def cache_features(
   todo = set(missing_shards(cache_dir, manifest))
   total = epochs * num_shards(n, shard_size)
   if todo:
+    with strategy.scope():
+      model = extractor(network)
     _run(
-      extractor(network),
+      model,
+      strategy,
       source,
       split,
       pre,
@@ -381,9 +397,22 @@ def cache_features(
       batch_size,
       cache_dir,
       todo,
+      manifest["layout"],
       jit_compile,
       verbose,
     )
+  left = missing_shards(cache_dir, manifest)
+  if left:  # Another worker of a multi-worker job still writes its shards.
+    log.warning(
+      "%d shard(s) still missing (written by other workers?): rerun to finish.", len(left)
+    )
+    return {
+      "path": cache_dir,
+      "manifest": manifest,
+      "written": len(todo) - len(left),
+      "skipped": total - len(todo),
+      "seconds": time.perf_counter() - start,
+    }
   manifest["complete"] = True
   manifest["seconds"] = (old or {}).get("seconds", 0.0) + time.perf_counter() - start
   _write_manifest(cache_dir, manifest)
@@ -396,8 +425,19 @@ def cache_features(
   }
 
 
+def _worker(strategy):
+  """(first global replica id of this process, its replicas, replicas in sync)."""
+  try:
+    local = len(strategy.extended.worker_devices)
+  except RuntimeError:  # The default strategy: one replica.
+    local = 1
+  task = getattr(getattr(strategy, "cluster_resolver", None), "task_id", None) or 0
+  return int(task) * local, local, strategy.num_replicas_in_sync
+
+
 def _run(
   model,
+  strategy,
   source,
   split,
   pre,
@@ -407,20 +447,32 @@ def _run(
   batch_size,
   cache_dir,
   todo,
+  layout,
   jit_compile,
   verbose,
 ):
-  """Runs the backbone over the missing shards, epoch by epoch, writing each when full."""
+  """Runs the backbone over the missing shards, epoch by epoch: the shards are dealt to
+  the replicas (shard `pending[i]` to global replica `i % replicas`); every step each
+  local replica embeds the next batch of its own shards, and each shard is written by
+  its replica as soon as it is complete.
+  """
   forward = tf.function(
     lambda x: model(x, training=False), jit_compile=jit_compile, reduce_retracing=True
   )  # The last batch of a shard is smaller.
+
+  @tf.function(reduce_retracing=True)
+  def step(values):
+    return strategy.run(forward, args=(values,))
+
+  first, local, replicas = _worker(strategy)
+  per_replica = max(1, batch_size // replicas)
   n = source.num_examples(split)
   for e in range(epochs):
-    pending = [s for s in range(num_shards(n, shard_size)) if shard_name(e, s) in todo]
-    if not pending:
+    pending = [s for s in range(num_shards(n, shard_size)) if (e, s) in todo]
+    mine = [pending[first + r :: replicas] for r in range(local)]
+    if not any(mine):
       continue
     t0 = time.perf_counter()
-    wanted = tf.constant(pending, tf.int64)
     epoch_rng = tf.constant([seed, e], tf.int64)
 
     def prepare(index, ex, epoch_rng=epoch_rng):
@@ -428,17 +480,22 @@ def _run(
       ex = pre.example_fn(ex)
       return {"image": tf.cast(ex["image"], tf.float32), "label": ex["label"], "index": index}
 
-    ds = (
-      source.load(split)
-      .enumerate()
-      .filter(lambda i, _, w=wanted: tf.reduce_any(tf.equal(i // shard_size, w)))
-    )
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    buffer = {k: [] for k in ("embedding", "logits", "label", "index")}
+    def batches(shards):
+      wanted = tf.constant(shards, tf.int64)
+      ds = (
+        source.load(split)
+        .enumerate()
+        .filter(lambda i, _, w=wanted: tf.reduce_any(tf.equal(i // shard_size, w)))
+      )
+      ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      return iter(ds.batch(per_replica).prefetch(tf.data.AUTOTUNE))
 
-    # Writes every complete shard below example index `upto` (binds this epoch's buffer).
-    def flush(upto, buffer=buffer, e=e):
+    streams = [batches(m) if m else None for m in mine]
+    buffers = [{k: [] for k in ("embedding", "logits", "label", "index")} for _ in range(local)]
+
+    def flush(r, upto, e=e, buffers=buffers):
+      """Writes replica r's complete shards below example index `upto`."""
+      buffer = buffers[r]
       index = np.concatenate(buffer["index"]) if buffer["index"] else np.zeros(0, np.int64)
       while index.size:
         s = int(index[0]) // shard_size
@@ -447,30 +504,47 @@ def _run(
           break
         take = index < end
         arrays = {k: np.concatenate(v) for k, v in buffer.items()}
-        _write_shard(
-          os.path.join(cache_dir, shard_name(e, s)), {k: a[take] for k, a in arrays.items()}
-        )
+        shard = {k: a[take] for k, a in arrays.items()}
+        shard["epoch"] = np.full(int(take.sum()), e, np.int64)
+        write_shard(os.path.join(cache_dir, shard_name(e, s, first + r)), shard, layout)
         for k, a in arrays.items():
           buffer[k] = [a[~take]]
         index = index[~take]
 
-    for batch in ds:
-      out = forward(batch["image"])
-      logits = out["logits"]
-      buffer["embedding"].append(np.asarray(out["embedding"], np.float32))
-      buffer["logits"].append(
-        np.asarray(logits[:, 0] if logits.shape.rank == 3 else logits, np.float32)
+    while True:
+      got = [next(it, None) if it is not None else None for it in streams]
+      live = [b for b in got if b is not None]
+      if not live:
+        break
+      # An exhausted replica repeats a live batch; its output is dropped.
+      streams = [it if b is not None else None for it, b in zip(streams, got)]
+      images = [(b if b is not None else live[0])["image"] for b in got]
+      out = step(
+        strategy.experimental_distribute_values_from_function(
+          lambda ctx, images=images: images[ctx.replica_id_in_sync_group - first]
+        )
       )
-      buffer["label"].append(batch["label"].numpy())
-      buffer["index"].append(batch["index"].numpy())
-      flush(int(batch["index"][-1]) + 1)
-    flush(n)
+      outs = strategy.experimental_local_results(out)
+      for r, batch in enumerate(got):
+        if batch is None:
+          continue
+        logits = outs[r]["logits"]
+        buffers[r]["embedding"].append(np.asarray(outs[r]["embedding"], np.float32))
+        buffers[r]["logits"].append(
+          np.asarray(logits[:, 0] if logits.shape.rank == 3 else logits, np.float32)
+        )
+        buffers[r]["label"].append(batch["label"].numpy())
+        buffers[r]["index"].append(batch["index"].numpy())
+        flush(r, int(batch["index"][-1]) + 1)
+    for r in range(local):
+      flush(r, n)
     if verbose:
       log.info(
-        "cache epoch %d/%d: %d shard(s) in %.1fs",
+        "cache epoch %d/%d: %d shard(s) on %d replica(s) in %.1fs",
         e + 1,
         epochs,
-        len(pending),
+        sum(len(m) for m in mine),
+        replicas,
         time.perf_counter() - t0,
       )
 
@@ -526,8 +600,8 @@ def _check_classifier(head, source, count=64):
   """Warns when the head's initial logits are not the cached ones (the classifier was not
   initialised from the cache's checkpoint, e.g. its layer names differ).
   """
-  a = source.epochs()
-  emb, cached = a["embedding"][0, :count], a["logits"][0, :count]
+  a = source.read(0, 0, min(count, source.num_examples(source.manifest["key"]["split"])))
+  emb, cached = a["embedding"], a["logits"]
   logits = np.asarray(head(emb, training=False)["logits"])
   logits = logits[:, 0] if logits.ndim == 3 else logits
   gap = float(np.max(np.abs(logits - cached))) if logits.shape == cached.shape else np.inf

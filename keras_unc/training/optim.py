@@ -137,6 +137,66 @@ class ForwardStepCounter:
     return self._iterations
 
 
+@keras.saving.register_keras_serializable(package="keras_unc")
+class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+  """Keras' dynamic loss scaling (float16), with the step counter kept as data position.
+
+  Keras 3 skips an update whose scaled gradients are non-finite (and halves the scale)
+  without advancing the wrapped optimizer's `iterations`; the trainer counts steps as
+  batches seen (checkpoints, schedules, resume from `(seed, step)`), so here a skipped
+  step still advances it, as `tf.keras`' `LossScaleOptimizer` did. With gradient
+  accumulation a skipped forward pass contributes a zero gradient, so the accumulation
+  cycle stays aligned with the batches (the update averages the other passes).
+
+  Args:
+    inner_optimizer: the optimizer to wrap (from `make_optimizer`).
+    initial_scale: first loss scale (Keras: 2**15).
+    dynamic_growth_steps: finite steps after which the scale doubles (Keras: 2000).
+    **kwargs: `keras.optimizers.LossScaleOptimizer` arguments.
+  """
+
+  def _skip(self):
+    super()._stateful_handle_non_finite_grads()
+    self.inner_optimizer._iterations.assign_add(1)  # noqa: SLF001 (the raw pass counter)
+
+  def _stateful_handle_non_finite_grads(self):
+    self._skip()
+
+  def _common_apply(self, grads, trainable_variables=None):
+    if not self.inner_optimizer.gradient_accumulation_steps:
+      return super()._common_apply(grads, trainable_variables)
+    tvars = trainable_variables or self._trainable_variables
+
+    def skipped():
+      super(LossScaleOptimizer, self)._stateful_handle_non_finite_grads()
+      # apply() advances the pass counter; an update pass applies the other passes' mean.
+      self.inner_optimizer.apply(
+        [g if g is None else ops.zeros_like(g) for g in grads], trainable_variables
+      )
+
+    ops.cond(
+      self.check_finite(grads),
+      lambda: self._stateful_handle_finite_grads(grads, tvars),
+      skipped,
+    )
+    return None
+
+
+def unwrap(optimizer):
+  """The optimizer that does the updates: the inner one of a `LossScaleOptimizer`."""
+  return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def loss_scale_variables(optimizer):
+  """The loss-scale state of `optimizer` (empty without loss scaling): the dynamic scale
+  and its growth counter, which a checkpoint holds and `nan_policy="skip_batch"` must not
+  roll back.
+  """
+  if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+    return []
+  return list(optimizer._variables)  # noqa: SLF001 (its own, not the inner optimizer's)
+
+
 _MIXED = {}
 
 
@@ -170,8 +230,14 @@ def make_optimizer(
   lr_multipliers=None,
   gradient_accumulation_steps=1,
   lr_scale=1.0,
+  loss_scale_initial=2.0**15,
+  loss_scale_growth_steps=2000,
 ):
   """Builds the optimizer with a warmup + decay schedule.
+
+  Under the `mixed_float16` dtype policy (`set_precision`) the optimizer is wrapped in
+  `LossScaleOptimizer` (dynamic loss scaling, which float16 gradients need to stay clear
+  of underflow); `mixed_bfloat16` and float32 have float32's exponent range and need none.
 
   Args:
     total_steps: training steps = forward passes = batches (passed by the trainer).
@@ -191,6 +257,9 @@ def make_optimizer(
       `train.batch_size` examples. `total_steps` must be a multiple of N.
     lr_scale: multiplies `learning_rate` (set by the trainer when a recipe's batch is
       changed with `train.allow_recipe_change`; leave 1 in gin).
+    loss_scale_initial, loss_scale_growth_steps: `mixed_float16` only: the first loss
+      scale and the finite steps after which it doubles (Keras' defaults). A step whose
+      scaled gradients overflow is skipped and halves the scale.
   """
   accumulation = int(gradient_accumulation_steps)
   if accumulation < 1:
@@ -246,12 +315,24 @@ def make_optimizer(
     # Norm scales/offsets, biases and BatchEnsemble fast weights (`alpha`, `gamma`) are not
     # decayed (big_vision, timm; uncertainty-baselines' BatchEnsemble L2).
     opt.exclude_from_weight_decay(var_names=WEIGHT_DECAY_EXCLUDED)
+  if keras.config.dtype_policy().name == "mixed_float16":
+    if not (loss_scale_initial > 0 and int(loss_scale_growth_steps) >= 1):
+      raise ValueError(
+        f"make_optimizer.loss_scale_initial={loss_scale_initial} must be > 0 and "
+        f"make_optimizer.loss_scale_growth_steps={loss_scale_growth_steps} >= 1 (Keras: "
+        "2**15 and 2000)."
+      )
+    opt = LossScaleOptimizer(
+      opt,
+      initial_scale=float(loss_scale_initial),
+      dynamic_growth_steps=int(loss_scale_growth_steps),
+    )
   return opt
 
 
 def peak_learning_rate(optimizer):
   """The schedule's peak learning rate of an optimizer from `make_optimizer`."""
-  schedule = optimizer._learning_rate  # noqa: SLF001 (Keras keeps the schedule here)
+  schedule = unwrap(optimizer)._learning_rate  # noqa: SLF001 (Keras keeps the schedule here)
   return float(getattr(schedule, "base_lr", optimizer.learning_rate))
 
 

@@ -10,6 +10,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_unc.training.optim import loss_scale_variables
+
 NAN_POLICIES = ("stop", "skip_batch")
 # Variables uncertainty-baselines' coupled L2 applies to (`'kernel' in var.name or 'bias' in
 # var.name`), as a regex on variable paths.
@@ -177,6 +179,9 @@ class TrainModel(keras.Model):
     opt = self.optimizer
     tvars = self.trainable_weights
     step = tf.cast(opt.iterations, tf.int64) + 1  # 1-based number of this update.
+    # float16 loss scaling: the scaler owns its state and skips (and counts) a step whose
+    # scaled gradients overflow.
+    scaler_state = {id(v) for v in loss_scale_variables(opt)}
     if skip:
       params_ok = _all_finite([tf.convert_to_tensor(v) for v in tvars])
       # Everything a step may change except the step counter: restored after the update
@@ -186,7 +191,7 @@ class TrainModel(keras.Model):
         for v in (
           list(self.network.non_trainable_variables)
           + list(tvars)
-          + [w for w in opt.variables if w is not opt.iterations]
+          + [w for w in opt.variables if w is not opt.iterations and id(w) not in scaler_state]
         )
         if "float" in str(v.dtype)
       ]
@@ -197,6 +202,10 @@ class TrainModel(keras.Model):
       scaled = opt.scale_loss(loss)
     grads = tape.gradient(scaled, tvars)
     loss_ok, grads_ok = tf.math.is_finite(loss), _all_finite(grads)
+    if scaler_state:
+      # Overflow of the scaled gradients is the loss scaler's to handle (that step is
+      # skipped, the scale halved); non-finite gradients at a scale <= 1 are not overflow.
+      grads_ok = tf.logical_or(grads_ok, tf.convert_to_tensor(opt.dynamic_scale) > 1.0)
     batch = tf.shape(tf.nest.flatten(x)[0])[0]
     weight = tf.cast(batch, loss.dtype)
     if skip:

@@ -22,6 +22,7 @@ from keras_unc.data import errors as data_errors
 from keras_unc.data import get_source, make_dataset
 from keras_unc.evaluators import Evaluator, Predictor
 from keras_unc.evaluators.runner import run_round
+from keras_unc.layers import gaussian_process
 from keras_unc.methods import Deterministic, Method, get_method
 from keras_unc.runtime import best_checkpoint, checkpoints, distribute, preemption, workdir_lock
 from keras_unc.training import callbacks as cbs
@@ -241,6 +242,7 @@ def train(
   )
 
   def run_eval(at_step):
+    gaussian_process.refresh_covariance_caches(full_network)  # GP heads: no solve per batch.
     extra = best and (lambda found: best.update(at_step, found, network, optimizer, ckpt))
     found = run_round(evaluators, predictor, workdir, eval_writer, at_step, extra=extra)
     if found:
@@ -360,7 +362,7 @@ def _log_batch_plan(plan, replicas, optimizer, recipe_global_batch, rule):
     "peak learning rate %.6g.",
     plan["per_replica"],
     replicas,
-    optimizer.gradient_accumulation_steps or 1,
+    optim.unwrap(optimizer).gradient_accumulation_steps or 1,
     plan["global_batch"],
     lr,
   )
@@ -382,7 +384,8 @@ def _restore(ckpt, network, optimizer, warm_start, mode, method_name, adapt, imp
   if found:
     step, arrays, meta = found
     checkpoints.check_method(meta, method_name, ckpt.path(step), adapt_allowed=False)
-    checkpoints.restore(network, optimizer, arrays, ckpt.path(step))
+    checkpoints.assign(network.variables, arrays, "model", ckpt.path(step))
+    _restore_optimizer(optimizer, arrays, ckpt.path(step))
     log.info("Resumed from %s", ckpt.path(step))
     return step
   if warm_start:
@@ -401,3 +404,33 @@ def _restore(ckpt, network, optimizer, warm_start, mode, method_name, adapt, imp
       "or import_weights.path."
     )
   return 0
+
+
+def _restore_optimizer(optimizer, arrays, source):
+  """Restores the optimizer state, the loss-scale state of `mixed_float16` included.
+
+  A run resumed under another `set_precision.policy` than it was checkpointed with (e.g. a
+  float16 GPU run moved to a bfloat16 TPU) gains or loses the loss-scale state (scalars
+  stored first): the inner optimizer's state is restored and the loss scale starts afresh
+  (or is dropped), with a warning.
+  """
+  stored = sorted(k for k in arrays if k.startswith("optimizer/"))
+  inner = optim.unwrap(optimizer).variables
+  extra = len(stored) - len(inner)  # Loss-scale scalars in the checkpoint (Keras' has 4).
+  scaled_now = optimizer is not optim.unwrap(optimizer)
+  changed = (scaled_now and extra == 0) or (
+    not scaled_now and 0 < extra <= 4 and all(arrays[k].shape == () for k in stored[:extra])
+  )
+  if not changed:  # The same policy (or a mismatch, which `assign` explains).
+    checkpoints.assign(optimizer.variables, arrays, "optimizer", source)
+    return
+  tail = {f"optimizer/{i:05d}": arrays[k] for i, k in enumerate(stored[extra:])}
+  checkpoints.assign(inner, tail, "optimizer", source)
+  log.warning(
+    "Checkpoint %s was written %s dynamic loss scaling (another set_precision.policy than "
+    "this run's %r): the optimizer state is restored, the loss scale %s.",
+    source,
+    "with" if extra > 0 else "without",
+    keras.config.dtype_policy().name,
+    "is dropped" if extra > 0 else "starts afresh",
+  )

@@ -133,6 +133,16 @@ def test_randaugment_runs():
   assert 0 <= out.min() and out.max() <= 255
 
 
+def test_randaugment_after_decode_without_channels_names_the_fix():
+  png = tf.io.encode_png(np.tile(IMG, (1, 1, 3)))
+  fn = parse_ops("decode|randaugment(2, 5)")
+  traced = tf.function(fn, input_signature=[{"image": tf.TensorSpec([], tf.string)}])
+  with pytest.raises(ValueError, match=r"known number of channels.*'decode\(3\)\|\.\.\.'"):
+    traced.get_concrete_function()
+  fixed = tf.function(parse_ops("decode(3)|randaugment(2, 5)"))({"image": png})["image"]
+  assert fixed.shape == (5, 6, 3)
+
+
 def batch(rng=(3, 4), n=4):
   x = np.stack([np.full((6, 6, 1), 10 * i, np.uint8) for i in range(n)])
   return {

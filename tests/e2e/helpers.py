@@ -14,6 +14,22 @@ from keras_unc.training import trainer as train_lib
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = "testing/tiny.gin"
 
+# gin class name of every registered method; the method tests check this covers
+# `keras_unc.methods.METHODS`, so a new method must be added here (and gets tested).
+CLASSES = {
+  "deterministic": "Deterministic",
+  "batchensemble": "BatchEnsemble",
+  "sngp": "SNGP",
+  "heteroscedastic": "Heteroscedastic",
+  "hetxl": "HetXL",
+  "mc_dropout": "MCDropout",
+  "shallow_ensemble": "ShallowEnsemble",
+  "plex": "Plex",
+  "hetsngp": "HetSNGP",
+  "be_sngp": "BESNGP",
+  "url": "URL",
+}
+
 
 def run_inprocess(workdir, mode="train_and_eval", params=(), gin_file=TINY):
   gin.clear_config()  # A previous run in this test finalised (locked) the config.

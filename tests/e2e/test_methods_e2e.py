@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from keras_unc import methods
 from keras_unc.runtime import checkpoints
-from tests.e2e.helpers import run_inprocess
+from tests.e2e.helpers import CLASSES, run_inprocess
 
 # Small Monte Carlo / GP sizes and a 10-class-compatible factor count.
 SMALL = [
@@ -25,20 +25,6 @@ SMALL = [
   "train.checkpoint_every = 3",
   "train.evaluators = [@ClassificationEvaluator()]",
 ]
-
-CLASSES = {
-  "deterministic": "Deterministic",
-  "batchensemble": "BatchEnsemble",
-  "sngp": "SNGP",
-  "heteroscedastic": "Heteroscedastic",
-  "hetxl": "HetXL",
-  "mc_dropout": "MCDropout",
-  "shallow_ensemble": "ShallowEnsemble",
-  "plex": "Plex",
-  "hetsngp": "HetSNGP",
-  "be_sngp": "BESNGP",
-  "url": "URL",
-}
 
 
 def _digits_uint8(n=16):
@@ -63,6 +49,12 @@ def test_method_trains_and_export_matches_in_process(name, tmp_path):
   local = result["network"](images.astype("float32"), training=False)
   for key in ("logits", "probs", "uncertainty", "embedding"):
     np.testing.assert_allclose(served[key].numpy(), np.asarray(local[key]), atol=2e-5, err_msg=key)
+  if name in ("sngp", "hetsngp", "be_sngp"):  # GP variance from the cached L⁻ᵀ: no solve.
+    signature = tf.saved_model.load(result["export"]).signatures["serving_default"]
+    graph_def = signature.graph.as_graph_def()
+    op_types = {n.op for n in graph_def.node}
+    op_types.update(n.op for f in graph_def.library.function for n in f.node_def)
+    assert not op_types & {"Cholesky", "MatrixTriangularSolve"}
 
 
 def test_gp_precision_is_checkpointed_and_reset_each_epoch(tmp_path):

@@ -20,6 +20,9 @@ PARAMS = [
   "--gin_param=train.eval_every=600",
   "--gin_param=vit.dropout=0.1",
   "--gin_param=train.preprocess='flip_lr'",
+  # Weights are what is compared: no evaluation or export in the three runs.
+  "--gin_param=train.evaluators=[]",
+  "--gin_param=train.export_at_end=False",
 ]
 
 
@@ -60,6 +63,8 @@ def test_corrupted_newest_checkpoint_falls_back(tmp_path):
     "--mode=train",
     "--gin_param=train.total_steps=20",
     "--gin_param=train.checkpoint_every=10",
+    "--gin_param=train.evaluators=[]",  # The eval run below evaluates.
+    "--gin_param=train.export_at_end=False",
   ]
   run_main(tmp_path, *params)
   newest = tmp_path / "checkpoints" / "ckpt-000000020" / "variables.npz"

@@ -17,7 +17,7 @@ from tests.e2e.helpers import REPO, run_inprocess
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("tiny")
-  result = run_inprocess(workdir)
+  result = run_inprocess(workdir, params=["train.eval_every=20"])  # Two evaluation rounds.
   return workdir, result
 
 

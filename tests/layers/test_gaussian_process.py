@@ -3,6 +3,7 @@ variance by hand."""
 
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,8 +12,11 @@ from keras_unc.layers.gaussian_process import (
   MeanFieldLogits,
   OrthogonalRandomFeatures,
   RandomFeatureGaussianProcess,
+  refresh_covariance_caches,
   ub_length_scale,
 )
+from keras_unc.runtime import checkpoints
+from keras_unc.training import export
 from tests.layers.helpers import run_layer_test
 
 D_IN, D, C = 3, 16, 4
@@ -364,3 +368,128 @@ def test_variance_is_stable_for_an_ill_conditioned_precision():
   assert np.linalg.cond(ridge * np.eye(D) + p) > 1e5
   np.testing.assert_allclose(got["float64"], want, rtol=1e-3)
   assert not np.allclose(got["float32"], want, rtol=1e-3)
+
+
+# Covariance cache: inference reads L⁻ᵀ of s I + P instead of factorising it on every call.
+
+
+def _variance_by_hand(layer, x, ridge):
+  phi = _phi(layer, x).astype("float64")
+  p = layer.precision_matrix.numpy().astype("float64")
+  return ridge * np.einsum("bi,bi->b", phi, np.linalg.solve(ridge * np.eye(D) + p, phi.T).T)
+
+
+@pytest.mark.parametrize("momentum", [-1.0, 0.9])
+def test_cached_variance_equals_the_solve_and_follows_every_change_of_p(momentum, monkeypatch):
+  ridge = 0.5
+  layer = _gp(gp_cov_ridge_penalty=ridge, gp_cov_momentum=momentum)
+  probe = _x((5, D_IN), seed=11)
+  graph = tf.function(lambda x: layer(x)[1])  # Traced once: checks P at run time.
+  solves = []
+  solve = layer._solved_variance
+  monkeypatch.setattr(layer, "_solved_variance", lambda *a: solves.append(1) or solve(*a))
+
+  def check(expect_solve):
+    solves.clear()
+    want = _variance_by_hand(layer, probe, ridge)
+    np.testing.assert_allclose(np.asarray(layer(probe)[1]), want, rtol=1e-6)
+    assert bool(solves) == expect_solve  # Eager tf.cond: only the branch taken runs.
+    np.testing.assert_allclose(graph(probe).numpy(), want, rtol=1e-6)
+
+  check(expect_solve=True)  # A new layer's cache is stale.
+  for seed in range(2):  # Training updates P: stale until refreshed.
+    layer(_x((4, D_IN), seed=seed), training=True)
+    check(expect_solve=True)
+    assert layer.refresh_covariance_cache() and not layer.refresh_covariance_cache()
+    check(expect_solve=False)
+  assert np.abs(layer.precision_matrix.numpy()).max() > 1e-3
+  layer.precision_matrix.assign(layer.precision_matrix.numpy() * 2.0)  # Any write (restore).
+  check(expect_solve=True)
+  layer.reset_covariance()
+  check(expect_solve=True)
+  layer.refresh_covariance_cache()
+  check(expect_solve=False)
+
+
+def _gp_model(seed=3):
+  inputs = keras.Input((D_IN,))
+  logits, variance = RandomFeatureGaussianProcess(
+    C, num_inducing=D, gp_cov_ridge_penalty=0.5, seed=seed, name="gp"
+  )(inputs)
+  return keras.Model(inputs, {"logits": logits, "variance": variance})
+
+
+def _graph_op_types(concrete):
+  graph_def = concrete.graph.as_graph_def()
+  ops = {node.op for node in graph_def.node}
+  for function in graph_def.library.function:
+    ops.update(node.op for node in function.node_def)
+  return ops
+
+
+def test_cache_is_no_weight_and_a_restored_checkpoint_gives_the_same_outputs(tmp_path):
+  model, x = _gp_model(), _x((6, D_IN), seed=5)
+  gp = model.get_layer("gp")
+  gp(_x((8, D_IN), seed=1), training=True)
+  assert refresh_covariance_caches(model) == 1
+  before = model(x)
+  cache_ids = {id(v) for v in gp.covariance_cache_variables}
+  assert len(cache_ids) == 2 and len(model.variables) == 4  # Kernel, bias, β, P.
+  # The trainer's save and restore, into a model with other random features and P = 0.
+  optimizer = keras.optimizers.SGD()
+  optimizer.build(model.trainable_variables)
+  ckpt = checkpoints.Checkpointer(str(tmp_path))
+  ckpt.save(1, model, optimizer)
+  other = _gp_model(seed=9)
+  other(x)
+  other_gp = other.get_layer("gp")
+  other_gp.refresh_covariance_cache()  # A fresh cache of the old P: the restore outdates it.
+  _, arrays, _ = ckpt.load_latest()
+  checkpoints.restore(other, None, arrays, "test")
+  for key in ("logits", "variance"):
+    np.testing.assert_allclose(np.asarray(other(x)[key]), np.asarray(before[key]), rtol=1e-6)
+  assert other_gp.refresh_covariance_cache()
+  np.testing.assert_allclose(
+    np.asarray(other(x)["variance"]), np.asarray(before["variance"]), rtol=1e-6
+  )
+
+
+def test_export_serves_from_the_cache_without_a_cholesky(tmp_path):
+  model, x = _gp_model(), _x((6, D_IN), seed=5)
+  gp = model.get_layer("gp")
+  gp(_x((8, D_IN), seed=1), training=True)  # Stale cache: the export refreshes it.
+  path = export.export_saved_model(model, str(tmp_path / "export"), (D_IN,), tf.float32)
+  assert not gp._serve_cached  # In-process calls check P again after the export.
+  served = tf.saved_model.load(path).signatures["serving_default"]
+  out = served(images=tf.constant(x))
+  want = _variance_by_hand(gp, x, 0.5)
+  np.testing.assert_allclose(out["variance"].numpy(), want, rtol=1e-6)
+  np.testing.assert_allclose(out["logits"].numpy(), np.asarray(model(x)["logits"]), rtol=1e-6)
+  served_ops = _graph_op_types(served)
+  assert "MatMul" in served_ops or "BatchMatMulV2" in served_ops
+  assert not served_ops & {"Cholesky", "MatrixTriangularSolve"}, served_ops
+  # The in-process graph keeps the solve for a stale cache (so the check above can fail).
+  in_process = tf.function(lambda images: model(images)).get_concrete_function(
+    tf.TensorSpec([None, D_IN], tf.float32)
+  )
+  assert "Cholesky" in _graph_op_types(in_process)
+
+
+def test_mirrored_inference_reads_the_refreshed_cache():
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  with strategy.scope():
+    layer = _gp(gp_cov_ridge_penalty=0.5)
+  x = _x((6, D_IN))
+  dist_x = strategy.experimental_distribute_values_from_function(
+    lambda ctx: x[3 * ctx.replica_id_in_sync_group : 3 * ctx.replica_id_in_sync_group + 3]
+  )
+  strategy.run(tf.function(lambda inputs: layer(inputs, training=True)[0]), args=(dist_x,))
+  infer = tf.function(lambda inputs: layer(inputs)[1])
+  want = _variance_by_hand(layer, x, 0.5)
+  for refresh in (False, True):
+    if refresh:
+      assert layer.refresh_covariance_cache()
+    found = strategy.experimental_local_results(strategy.run(infer, args=(dist_x,)))
+    np.testing.assert_allclose(np.concatenate([f.numpy() for f in found]), want, rtol=1e-6)
+  for replica_value in strategy.experimental_local_results(layer._cache.factor):
+    np.testing.assert_array_equal(replica_value.numpy(), layer._cache.factor.numpy())

@@ -11,7 +11,13 @@ import pytest
 
 from tests.reliability import harness
 
-COMMON = ["train.total_steps=80", "train.checkpoint_every=10", "train.eval_every=80"]
+COMMON = [
+  "train.total_steps=80",
+  "train.checkpoint_every=10",
+  "train.eval_every=80",
+  "train.evaluators=[]",  # Weights are what is compared: no evaluation or export.
+  "train.export_at_end=False",
+]
 METHODS = {
   "be_sngp": (
     "methods/be_sngp.gin",

@@ -22,6 +22,9 @@ PARAMS = [
   "train.checkpoint_every=10",
   "train.eval_every=20",
   "vit.dropout=0.1",
+  # The weights are what is compared: no evaluation or export (three runs, 40 s of CI).
+  "train.evaluators=[]",
+  "train.export_at_end=False",
 ]
 
 
@@ -66,7 +69,13 @@ def test_sigterm_saves_and_rerun_equals_uninterrupted(tmp_path):
 
 
 def test_cli_sigterm_exit_code_and_message(tmp_path):
-  params = ["train.total_steps=400", "train.checkpoint_every=50", "train.eval_every=400"]
+  params = [
+    "train.total_steps=400",
+    "train.checkpoint_every=50",
+    "train.eval_every=400",
+    "train.evaluators=[]",
+    "train.export_at_end=False",
+  ]
   log = str(tmp_path / "run.log")
   proc = harness.start(tmp_path / "run", params, log=log)
   deadline = time.time() + 300

@@ -1,10 +1,10 @@
 """MultiWorkerMirroredStrategy, two worker processes on loopback (CPU).
 
-The job equals one worker on the same global batch; a job that loses a worker (SIGKILL)
-resumes from the chief's newest checkpoint when rerun; a SIGTERM on one worker makes
-both save at the same step (PreemptionCheckpointHandler) and exit 143; and after both
-interruptions the job still ends on the one-worker weights. Only the chief writes the
-workdir.
+A job that loses a worker (SIGKILL) resumes from the chief's newest checkpoint when
+rerun; a SIGTERM on one worker makes both save at the same step
+(PreemptionCheckpointHandler) and exit 143; and after both interruptions the job ends on
+the weights of one worker on the same global batch (the uninterrupted two-worker job is
+this case without the interruptions). Only the chief writes the workdir.
 """
 
 import json
@@ -73,15 +73,6 @@ def _checkpoints(workdir):
   return sorted(os.listdir(workdir / "checkpoints"))
 
 
-def test_two_workers_equal_one(tmp_path, reference):
-  job = Job(tmp_path / "work", PARAMS, tmp_path)
-  _finish(job)
-  _check_result(tmp_path / "work", reference)
-  # Only the chief writes the workdir: one set of checkpoints, nothing from worker 1.
-  assert _checkpoints(tmp_path / "work") == [f"ckpt-{s:09d}" for s in range(5, STEPS + 1, 5)]
-  assert not [n for n in os.listdir(tmp_path / "work") if "worker" in n]
-
-
 def test_killed_and_preempted_jobs_resume(tmp_path, reference):
   workdir, ckpts = tmp_path / "work", tmp_path / "work" / "checkpoints"
   logs = [tmp_path / f"run{i}" for i in range(3)]
@@ -122,4 +113,12 @@ def test_killed_and_preempted_jobs_resume(tmp_path, reference):
   job = Job(workdir, PARAMS, logs[2], extra_args=verbose)
   _finish(job)
   assert f"Resumed from {ckpts / f'ckpt-{int(step0):09d}'}" in job.output(0)
+  # The two-worker job ends on the one-worker weights and metrics (after both
+  # interruptions: an uninterrupted two-worker job is the special case without them, and
+  # a separate run of it cost 50 s of CI for no behaviour this one does not check).
   _check_result(workdir, reference)
+  # Only the chief writes the workdir: every checkpoint is on the 5-step grid but the
+  # preemption save, and nothing of worker 1's is in it.
+  grid = {f"ckpt-{s:09d}" for s in range(5, STEPS + 1, 5)} | {f"ckpt-{int(step0):09d}"}
+  assert set(_checkpoints(workdir)) <= grid and f"ckpt-{STEPS:09d}" in _checkpoints(workdir)
+  assert not [n for n in os.listdir(workdir) if "worker" in n]

@@ -16,7 +16,7 @@ from keras import ops
 
 from keras_unc import layers
 from keras_unc.methods import heads, losses
-from keras_unc.methods.base import Method
+from keras_unc.methods.base import Method, float32_embedding
 from keras_unc.methods.registry import register
 from keras_unc.methods.url import losses as url_losses
 from keras_unc.methods.url import vmf
@@ -146,9 +146,9 @@ class URL(Method):
           "URL.module = 'hetxl_det' needs the HET-XL head: set URL.head = "
           "@het_head() and het_head.xl = True."
         )
-      het = HetXLWithLogDet(self.head.het_layer(num_classes), name="het_logdet")
+      het = HetXLWithLogDet(self.head.het_layer(num_classes), name="het_logdet", dtype="float32")
       log_predictive, log_det = het(embedding)
-      logits = layers.MemberAxis(self.members, name="logits")(log_predictive)
+      logits = layers.MemberAxis(self.members, name="logits", dtype="float32")(log_predictive)
       self._classifier = het.het.classifier
       return logits, {}, het, log_det
     logits, extras = self.head(embedding, num_classes, self.members)
@@ -170,23 +170,22 @@ class URL(Method):
       if self._classifier is None:
         raise ValueError("URL.freeze_classifier found no classifier layer in this head.")
       (het or self._classifier).trainable = False
-    probs = layers.Predictive("softmax", name="probs")(logits)
-    if self.members > 1:
-      embedding = layers.MemberMean(self.members, name="embedding")(embedding)
+    probs = layers.Predictive("softmax", name="probs", dtype="float32")(logits)
+    embedding = float32_embedding(embedding, self.members)
     if self.module == "pred_net":
       raw = PredNet(self.unc_width, self.unc_depth, stop_gradient=self.stopgrad, name="pred_net")(
         embedding
       )
     elif self.module == "class_entropy":
-      raw = layers.UncertaintyScore("entropy", name="class_entropy")(probs)
+      raw = layers.UncertaintyScore("entropy", name="class_entropy", dtype="float32")(probs)
     elif self.module == "embed_norm":
-      raw = EmbeddingNormUncertainty(name="embed_norm")(embedding)
+      raw = EmbeddingNormUncertainty(name="embed_norm", dtype="float32")(embedding)
     elif self.module == "jsd":
-      raw = JensenShannonUncertainty(name="jsd")(logits)
+      raw = JensenShannonUncertainty(name="jsd", dtype="float32")(logits)
     else:
       raw = log_det
     self._rescale = UncertaintyRescale(
-      self.unc_start_value, self.unc_init_batches, self.seed, name="uncertainty"
+      self.unc_start_value, self.unc_init_batches, self.seed, name="uncertainty", dtype="float32"
     )
     return {
       "logits": logits,
