@@ -15,9 +15,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing keras_unc and dependencies into .venv (TensorFlow is large: ~1 min)"
   # uv (from PyPI) resolves and installs the same versions as pip (pip freeze is identical)
   # in 20-70 s where pip takes 2-4 min on this machine: the biggest fixed cost of a fresh
-  # CI run. Falls back to pip where uv cannot be installed.
+  # CI run. Falls back to pip where uv cannot be installed. --compile-bytecode as pip does:
+  # with PYTHONDONTWRITEBYTECODE set (as on the build machines) every process would
+  # otherwise compile TensorFlow from source on import (+9 min of CPU over the test suite).
   if .venv/bin/python -m pip install -q uv && [ -x .venv/bin/uv ]; then
-    .venv/bin/uv pip install -q --python .venv/bin/python -e ".[test]"
+    .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python -e ".[test]"
   else
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e ".[test]"

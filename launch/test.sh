@@ -13,4 +13,4 @@ fi
 # Two pytest workers (pytest-xdist): the suite is mostly single-threaded TensorFlow, so on the
 # 2-core build machine this nearly halves the wall time. KERAS_UNC_TEST_WORKERS=0 runs it in
 # one process.
-exec .venv/bin/python -m pytest -q -n "${KERAS_UNC_TEST_WORKERS:-2}" --durations=10 "$@"
+exec .venv/bin/python -m pytest -q -n "${KERAS_UNC_TEST_WORKERS:-2}" --durations=20 "$@"
