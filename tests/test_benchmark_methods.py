@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
 _PATH = os.path.join(
@@ -117,3 +118,65 @@ def test_plumbing_end_to_end_prints_table_claims_and_json(capsys):
   assert found["methods"]["deterministic"]["flop_ratio"] == 1.0
   assert "sngp_ece_below_deterministic" in found["claims"]
   assert any(line.startswith(("PASS", "FAIL")) for line in lines)
+
+
+def test_deep_ensemble_row_is_the_mean_predictive_checked_with_sklearn():
+  from sklearn.metrics import log_loss, roc_auc_score
+
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 4, 50)
+  members = []
+  for _ in range(3):
+    p_in = rng.dirichlet(np.ones(4), 50)
+    p_ood = rng.dirichlet(np.ones(4) * 3.0, 40)
+    members.append((p_in, labels, p_ood))
+  row = bench.deep_ensemble_row(members)
+  mean_in = np.mean([m[0] for m in members], axis=0)
+  mean_ood = np.mean([m[2] for m in members], axis=0)
+  assert row["accuracy"] == pytest.approx(np.mean(mean_in.argmax(-1) == labels), abs=1e-4)
+  assert row["nll"] == pytest.approx(log_loss(labels, mean_in, labels=range(4)), abs=1e-4)
+  assert row["brier"] == pytest.approx(
+    np.mean(np.sum((mean_in - np.eye(4)[labels]) ** 2, -1)), abs=1e-4
+  )
+  scores = np.concatenate([1 - mean_in.max(-1), 1 - mean_ood.max(-1)])
+  ood = np.concatenate([np.zeros(50), np.ones(40)])
+  assert row["ood_auroc"] == pytest.approx(roc_auc_score(ood, scores), abs=1e-4)
+  assert row["step_time_ratio"] == 3.0 and row["flop_ratio"] == 3.0 and row["nll_std"] == 0.0
+
+
+def test_summary_adds_the_deep_ensemble_of_the_seeds_and_the_issue_15_claims():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 3, 30)
+
+  def det_run(seed):
+    r = _run(0.9, 0.5, 0.05, 0.8, 1.0)
+    g = np.random.default_rng(seed)
+    r["predictions"] = (g.dirichlet(np.ones(3), 30), labels, g.dirichlet(np.ones(3), 20))
+    return r
+
+  runs = {"deterministic": [det_run(0), det_run(1)]}
+  out = bench.summarize(runs)
+  assert bench.DEEP_ENSEMBLE in out and out[bench.DEEP_ENSEMBLE]["flop_ratio"] == 2.0
+  # Synthetic rows against a deterministic NLL of 0.5 and an ensemble NLL of 0.3.
+  out = {
+    "deterministic": {**out["deterministic"], "nll": 0.5, "ece": 0.05, "ood_auroc": 0.8},
+    bench.DEEP_ENSEMBLE: {**out[bench.DEEP_ENSEMBLE], "nll": 0.3, "ece": 0.01},
+  }
+  base = {k: v for k, v in out["deterministic"].items()}
+  out["mimo"] = {**base, "nll": 0.39, "flop_ratio": 1.1}  # 55% of the gain, cheap: pass.
+  out["packed"] = {**base, "nll": 0.35, "flop_ratio": 2.0}  # 75% of the gain, 2x FLOPs: fail.
+  out["swag"] = {**base, "nll": 0.45, "ece": 0.04}  # Both lower: pass.
+  out["laplace"] = {**base, "nll": 0.45, "ece": 0.06}  # ECE higher: fail.
+  out["logitnorm"] = {**base, "ood_auroc": 0.9}
+  out["focal"] = {**base, "ece": 0.07}
+  claims = bench.check_claims(out)
+  passed = {k: v[0] for k, v in claims.items()}
+  assert passed["mimo_ensemble_like_nll_at_one_forward"] is True
+  assert "55% of the ensemble's NLL gain" in claims["mimo_ensemble_like_nll_at_one_forward"][1]
+  assert passed["packed_ensemble_like_nll_at_one_forward"] is False
+  assert passed["swag_nll_and_ece_below_deterministic"] is True
+  assert passed["laplace_nll_and_ece_below_deterministic"] is False
+  assert passed["logitnorm_ood_auroc_above_deterministic"] is True
+  assert passed["focal_ece_below_deterministic"] is False
+  # The baseline row is not a method: it joins neither the accuracy nor the ECE claim.
+  assert bench.DEEP_ENSEMBLE not in claims["accuracy_within_1pt_of_deterministic"][1]

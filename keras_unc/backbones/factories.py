@@ -33,6 +33,10 @@ def be_dense(units, *, name, block=None, **kwargs):
 model = vit("S/16", dense_factory=be_dense)
 ```
 
+A factory whose layers are wider than asked by a constant factor (Packed-Ensembles:
+`alpha * filters` channels) sets the attribute `width_factor` on itself; ResNet and Wide
+ResNet compare channel counts times it when they choose identity or projection shortcuts.
+
 BatchNorm layers (ResNet, Wide ResNet) come from `batchnorm_factory(name=name,
 block=block, **kwargs)` in the same way (`default_batchnorm`).
 

@@ -162,7 +162,8 @@ def _residual_block(
     )
 
   shortcut = x
-  if strides != 1 or x.shape[-1] != out_channels:
+  # A factory that widens every layer (Packed-Ensembles' alpha) says so in `width_factor`.
+  if strides != 1 or x.shape[-1] != out_channels * getattr(conv_factory, "width_factor", 1):
     shortcut = _conv_bn(
       x,
       out_channels,

@@ -405,8 +405,11 @@ def _encoder_block(
   attention_dropout,
   dense_factory,
   gelu_approximate,
+  mc_dropout=0.0,
 ):
-  """One pre-norm Transformer encoder block (big_vision `Encoder1DBlock`)."""
+  """One pre-norm Transformer encoder block (big_vision `Encoder1DBlock`); `mc_dropout` > 0
+  makes both MLP dropouts always-on MC dropout at that rate.
+  """
   prefix = f"block{index}"
 
   def dense(units, suffix, **kwargs):
@@ -433,12 +436,32 @@ def _encoder_block(
 
   # MLP branch. Tiny normal bias init as in big_vision's MlpBlock.
   y = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=f"{prefix}_ln_2")(x)
-  y = _mlp(y, width, mlp_dim, dense=dense, prefix=prefix, dropout=dropout, gelu=gelu_approximate)
+  y = _mlp(
+    y,
+    width,
+    mlp_dim,
+    dense=dense,
+    prefix=prefix,
+    dropout=dropout,
+    gelu=gelu_approximate,
+    mc_dropout=mc_dropout,
+  )
   return keras.layers.Add(name=f"{prefix}_add_2")([x, y])
 
 
-def _mlp(y, width, mlp_dim, *, dense, prefix, dropout, gelu):
-  """big_vision's MlpBlock: Dense(mlp_dim) -> GELU -> dropout -> Dense(width) -> dropout."""
+def _mlp(y, width, mlp_dim, *, dense, prefix, dropout, gelu, mc_dropout=0.0):
+  """big_vision's MlpBlock: Dense(mlp_dim) -> GELU -> dropout -> Dense(width) -> dropout.
+
+  With `mc_dropout` > 0 both dropouts are `MCDropout` at that rate: on at inference too.
+  """
+
+  def drop(y, suffix):
+    if mc_dropout:
+      from keras_unc.layers.mc_dropout import MCDropout  # Only MC dropout needs it.
+
+      return MCDropout(mc_dropout, name=f"{prefix}_mlp_mc_{suffix}")(y)
+    return keras.layers.Dropout(dropout, name=f"{prefix}_mlp_{suffix}")(y)
+
   y = dense(
     mlp_dim,
     "mlp_dense_1",
@@ -448,13 +471,13 @@ def _mlp(y, width, mlp_dim, *, dense, prefix, dropout, gelu):
   # Exact (erf) GELU by default, as the ViT paper, PyTorch/timm and keras-hub;
   # `gelu=True` is flax's nn.gelu default (tanh approximation), as big_vision.
   y = GELU(gelu, name=f"{prefix}_mlp_gelu")(y)
-  y = keras.layers.Dropout(dropout, name=f"{prefix}_mlp_dropout_1")(y)
+  y = drop(y, "dropout_1")
   y = dense(
     width,
     "mlp_dense_2",
     bias_initializer=keras.initializers.RandomNormal(stddev=1e-6),
   )(y)
-  return keras.layers.Dropout(dropout, name=f"{prefix}_mlp_dropout_2")(y)
+  return drop(y, "dropout_2")
 
 
 def _map_head(x, *, width, mlp_dim, num_heads, dense_factory, gelu_approximate):
@@ -567,11 +590,16 @@ def vit(
       tile_before_block: where the tiling happens: None tiles the input
           images, an int `i` the tokens entering encoder block `i` (the
           first block with BatchEnsemble layers; earlier blocks run once).
-      batchnorm_factory, dropout_rate, filterwise_dropout: accepted so a
-          method's overrides reach the ViT with a clear error: a ViT has no
-          BatchNorm (per-member BatchNorm does not apply) and no residual-block
-          MC dropout (use `MCDropout(placement="last_layer")`); must stay
-          None / 0.
+      batchnorm_factory: accepted so a method's override reaches the ViT
+          with a clear error: a ViT has no BatchNorm (per-member BatchNorm
+          does not apply); must stay None.
+      dropout_rate: float in [0, 1). MC dropout (`MCDropout.placement =
+          'backbone'`): both dropouts of every encoder block's MLP become
+          always-on `MCDropout` at this rate (the ViT analogue of
+          uncertainty-baselines' dropout in every residual block, which has no
+          ViT MC-dropout model), replacing `dropout` there.
+      filterwise_dropout: must stay False: tokens have no channel maps to
+          drop whole (ub's filter-wise dropout is for convolutions).
       name: str. Name of the returned model.
 
   Returns:
@@ -620,12 +648,14 @@ def vit(
       "A ViT has no BatchNorm, so per-member BatchNorm (ensemble.use_ensemble_bn=True) does "
       "not apply: set it to False (LayerNorm is shared by the members, as in Plex)."
     )
-  if dropout_rate or filterwise_dropout:
+  if filterwise_dropout:
     raise ValueError(
-      "MC dropout in residual blocks (dropout_rate / filterwise_dropout, "
-      "MCDropout.placement='backbone') is built by the resnet and wide_resnet backbones "
-      "only; with a ViT use MCDropout.placement='last_layer'."
+      "filterwise_dropout (MCDropout.filterwise=True) drops whole channels of convolutional "
+      "feature maps; a ViT has none: set MCDropout.filterwise = False (per-unit MC dropout "
+      "in every MLP block)."
     )
+  if not 0.0 <= dropout_rate < 1.0:
+    raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}; e.g. 0.1.")
   if isinstance(rep_size, bool):
     rep_size = width if rep_size else 0
   if not isinstance(rep_size, int) or rep_size < 0:
@@ -682,6 +712,7 @@ def vit(
       attention_dropout=attention_dropout,
       dense_factory=dense_factory,
       gelu_approximate=gelu_approximate,
+      mc_dropout=dropout_rate,
     )
   # big_vision normalises all tokens, then pools (also for "gap" and "map").
   x = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="encoder_norm")(x)

@@ -79,7 +79,7 @@ def _basic_block(x, filters, strides, *, block, conv_factory, bn, dropout):
   y = _conv(y, filters, 3, 1, name=f"{block}_conv2", **conv)
   y = drop(y, "dropout3", everywhere)
   shortcut = x
-  if strides != 1 or x.shape[-1] != filters:
+  if strides != 1 or x.shape[-1] != filters * getattr(conv_factory, "width_factor", 1):
     # ub projects the block input itself (not its pre-activation).
     shortcut = _conv(x, filters, 1, strides, name=f"{block}_shortcut_conv", **conv)
     shortcut = drop(shortcut, "shortcut_dropout", everywhere)

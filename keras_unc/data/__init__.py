@@ -11,6 +11,7 @@ who normalise in the pipeline.
 
 from keras_unc.data import (
   cached,  # noqa: F401  (registers the `cached:` prefix)
+  outliers,  # noqa: F401  (registers the `outliers:` prefix)
   toy,  # noqa: F401  (registers the `toy:` prefix)
 )
 from keras_unc.data.ops import Preprocess, parse_ops, register, registered_ops

@@ -26,6 +26,11 @@ LOSSES = {
   "member_ce": losses.member_cross_entropy,  # Each member trained on its own CE.
   "ensemble_nll": lambda y, logits, _smoothing: losses.ensemble_nll(y, logits),
   "sigmoid": lambda y, logits, _smoothing: losses.sigmoid_cross_entropy(y, logits),
+  # Objectives any method can train with (hyperparameters: gin `logitnorm_loss.temperature`,
+  # `focal_loss.gamma`, `outlier_exposure_loss.weight`; OE data: `outlier_exposure_data`).
+  "logitnorm": losses.logitnorm_loss,
+  "focal": losses.focal_loss,
+  "outlier_exposure": losses.outlier_exposure_loss,
 }
 
 
@@ -85,6 +90,12 @@ class Method:
 
   # Multiple of the per-replica batch a method needs (e.g. paired losses need 2).
   batch_multiple = 1
+
+  def backbone_input(self, images: keras.KerasTensor) -> keras.KerasTensor:
+    """The backbone's input from the adapted images `[B, H, W, C]`; the backbone is built
+    for its channel count. Default: the images (MIMO stacks M images on the channels).
+    """
+    return images
 
   def backbone_overrides(self) -> dict[str, Any]:
     """Keyword arguments for the backbone: wrapped layer factories and batch tiling."""

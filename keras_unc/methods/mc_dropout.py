@@ -3,8 +3,8 @@
 Two placements: `"last_layer"`, one dropout layer before the output layer (the input
 batch is tiled S times after the backbone: cheap, the backbone runs once), and
 `"backbone"`, dropout in every residual block of a ResNet / Wide ResNet (uncertainty-baselines'
-`resnet50_dropout` / `wide_resnet_dropout`; the images are tiled S times before the stem, so
-the whole network is sampled).
+`resnet50_dropout` / `wide_resnet_dropout`) or in every MLP block of a ViT; the images are
+tiled S times before the stem, so the whole network is sampled.
 
 Reference: Gal & Ghahramani, "Dropout as a Bayesian Approximation", ICML 2016.
 """
@@ -33,9 +33,11 @@ class MCDropout(Method):
       CIFAR MC dropout: always-on dropout after the ReLUs of every residual block of the
       `resnet` / `wide_resnet` backbone (`modifiers.MCDropoutBackbone`), the images tiled S
       times before the stem, BatchNorm with its moving statistics at inference, and a plain
-      linear output layer (initialised N(0, 0.01²) as ub's `fc1000`).
+      linear output layer (initialised N(0, 0.01²) as ub's `fc1000`). On a `vit` both
+      dropouts of every encoder block's MLP are always on (ub has no ViT MC dropout model:
+      this is the same recipe on the ViT's own dropout sites; LayerNorm has no batch state).
     filterwise: with `placement="backbone"`, drop whole channels (ub `filterwise_dropout`).
-    uncertainty, label_smoothing: as `Method`.
+    uncertainty, label_smoothing, loss: as `Method` (e.g. "logitnorm", "focal").
   """
 
   def __init__(
@@ -46,11 +48,12 @@ class MCDropout(Method):
     filterwise: bool = False,
     uncertainty: str = "msp",
     label_smoothing: float = 0.0,
+    loss: str = "member_ce",
   ):
     if placement not in PLACEMENTS:
       raise ValueError(
         f"Unknown MC dropout placement {placement!r}: choose one of {PLACEMENTS} "
-        "('backbone' needs a resnet or wide_resnet backbone)."
+        "('backbone' needs a resnet, wide_resnet or vit backbone)."
       )
     if filterwise and placement != "backbone":
       raise ValueError(
@@ -63,12 +66,14 @@ class MCDropout(Method):
       super().__init__(
         heads.Linear(kernel_initializer=keras.initializers.RandomNormal(stddev=0.01)),
         [modifier],
+        loss=loss,
         uncertainty=uncertainty,
         label_smoothing=label_smoothing,
       )
     else:
       super().__init__(
         heads.MCDropoutHead(rate, num_samples),
+        loss=loss,
         uncertainty=uncertainty,
         label_smoothing=label_smoothing,
       )

@@ -101,13 +101,19 @@ class ScalarLogger(keras.callbacks.Callback):
 
 
 class Evaluation(keras.callbacks.Callback):
-  """Runs the evaluators every `every` steps and at the end of training."""
+  """Runs the evaluators every `every` steps and at the end of training (`final=False`:
+  not at the end, where the trainer evaluates after a post-training fit, e.g. Laplace).
+  """
 
-  def __init__(self, run_eval, every, total_steps):
+  def __init__(self, run_eval, every, total_steps, final=True):
     super().__init__()
     self.run_eval, self.every, self.total = run_eval, every, total_steps
+    self.final = final
 
   def on_epoch_end(self, epoch, logs=None):
     step = _step(self.model)
-    if step % self.every == 0 or step >= self.total:
+    if step >= self.total:
+      if self.final:
+        self.run_eval(step)
+    elif step % self.every == 0:
       self.run_eval(step)

@@ -14,6 +14,7 @@ import gin
 import keras
 
 from keras_unc.layers import InputAdapter
+from keras_unc.training import weight_average
 
 if TYPE_CHECKING:
   from keras_unc.methods import Method
@@ -56,7 +57,8 @@ def build_network(
   """
   images = keras.Input(tuple(input_shape), name="images")
   x = InputAdapter(image_size, num_channels, value_range, name="input_adapter")(images)
-  net = backbone(image_size=image_size, num_channels=num_channels, **method.backbone_overrides())
+  x = method.backbone_input(x)  # MIMO: the members' images stacked on the channels.
+  net = backbone(image_size=image_size, num_channels=x.shape[-1], **method.backbone_overrides())
   if freeze_backbone:
     net.trainable = False
   elif freeze:
@@ -79,4 +81,11 @@ def build_network(
   if separate_head:
     network.head_network = head
     network.features = features  # The backbone output in this graph (what a cache stores).
+  # SWA/EMA/SWAG: checkpointed averaging state (`network.weight_average`); copies for serving.
+  kwargs = dict(backbone=backbone, image_size=image_size, num_channels=num_channels)
+  kwargs.update(value_range=value_range, freeze_backbone=freeze_backbone, freeze=freeze)
+  kwargs.update(separate_head=separate_head)
+  weight_average.attach(
+    method, network, lambda: build_network(method, num_classes, input_shape, **kwargs)
+  )
   return network

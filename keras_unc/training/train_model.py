@@ -155,7 +155,9 @@ class TrainModel(keras.Model):
     labels = y if len(y.shape) == 1 else ops.argmax(y, axis=-1)
     predicted = ops.argmax(y_pred["probs"], axis=-1)
     self.accuracy_tracker.update_state(
-      ops.cast(ops.equal(ops.cast(labels, "int32"), ops.cast(predicted, "int32")), "float32")
+      ops.cast(ops.equal(ops.cast(labels, "int32"), ops.cast(predicted, "int32")), "float32"),
+      # Auxiliary outliers (label -1, outlier exposure) have no class: not counted.
+      sample_weight=ops.cast(ops.greater_equal(ops.cast(labels, "int32"), 0), "float32"),
     )
     logs = self.get_metrics_result()
     if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
@@ -222,6 +224,9 @@ class TrainModel(keras.Model):
       params_ok = _all_finite([tf.convert_to_tensor(v) for v in tvars])
       params_ok, loss_ok, grads_ok = _all_replicas(params_ok, loss_ok, grads_ok)
       ok = tf.logical_and(tf.logical_and(loss_ok, grads_ok), params_ok)
+    averager = getattr(self.network, "weight_average", None)  # SWA/EMA/SWAG: after the update.
+    if averager is not None:
+      averager.update(step)
     fatal = tf.logical_not(params_ok) if skip else tf.logical_not(ok)
     bits = (
       tf.cast(tf.logical_not(loss_ok), tf.int32) * NONFINITE_LOSS

@@ -19,14 +19,14 @@ import tensorflow as tf
 from keras_unc import config
 from keras_unc.backbones.pretrained import init_from
 from keras_unc.data import errors as data_errors
-from keras_unc.data import get_source, make_dataset
+from keras_unc.data import get_source, make_dataset, outliers
 from keras_unc.evaluators import Evaluator, Predictor
 from keras_unc.evaluators.runner import run_round
 from keras_unc.layers import gaussian_process
 from keras_unc.methods import Deterministic, Method, get_method
 from keras_unc.runtime import best_checkpoint, checkpoints, distribute, preemption, workdir_lock
+from keras_unc.training import averaging, export, feature_cache, optim, posttrain
 from keras_unc.training import callbacks as cbs
-from keras_unc.training import export, feature_cache, optim
 from keras_unc.training.network import build_network
 from keras_unc.training.train_model import COUPLED_L2_PATTERN, TrainModel, describe_nonfinite
 
@@ -223,6 +223,7 @@ def train(
       optimizer=optimizer, steps_per_execution=steps_per_execution, jit_compile=jit_compile
     )
     check_trainable(model, mode)
+    averaging.schedule(full_network, total_steps, cached)  # SWA/EMA/SWAG (weight averaging).
     optimizer.build(model.trainable_variables)
 
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), keep_checkpoints)
@@ -236,6 +237,7 @@ def train(
   config.save_operative_config(workdir, writer)
 
   predictor = Predictor(full_network, eval_batch_size)
+  averaged_data = dict(source=source, split=split, preprocess=preprocess, batch_size=batch_size)
   last = {}
   best = (
     best_checkpoint.BestCheckpoint(workdir, eval_metric, eval_metric_mode) if eval_metric else None
@@ -244,7 +246,10 @@ def train(
   def run_eval(at_step):
     gaussian_process.refresh_covariance_caches(full_network)  # GP heads: no solve per batch.
     extra = best and (lambda found: best.update(at_step, found, network, optimizer, ckpt))
-    found = run_round(evaluators, predictor, workdir, eval_writer, at_step, extra=extra)
+    served = averaging.serving_network(full_network, averaged_data)  # Averaged/SWAG samples.
+    gaussian_process.refresh_covariance_caches(served)
+    use = predictor if served is full_network else Predictor(served, eval_batch_size)
+    found = run_round(evaluators, use, workdir, eval_writer, at_step, extra=extra)
     if found:
       last.clear()
       last.update(found)
@@ -253,7 +258,7 @@ def train(
 
     def data_from(start):
       def input_fn(ctx):
-        return make_dataset(
+        ds = make_dataset(
           source,
           split,
           preprocess,
@@ -262,7 +267,10 @@ def train(
           seed=seed,
           start_step=start,
           input_context=ctx,
-        ).map(_as_float)
+        )
+        if method.loss_name == "outlier_exposure":  # Auxiliary outliers in every batch.
+          ds = outliers.mix_outliers(ds, batch_size, seed=seed, start_step=start, input_context=ctx)
+        return ds.map(_as_float)
 
       return strategy.distribute_datasets_from_function(input_fn)
 
@@ -271,7 +279,8 @@ def train(
     preempt = preemption.install(strategy, ckpt, network, guard)
     fit_callbacks = [guard, saver, *preempt, cbs.ScalarLogger(writer, log_every, batch_size)]
     if mode == "train_and_eval":
-      fit_callbacks.append(cbs.Evaluation(run_eval, eval_every, total_steps))
+      final = not posttrain.wants_fit(method)  # (Else evaluated after the fit below.)
+      fit_callbacks.append(cbs.Evaluation(run_eval, eval_every, total_steps, final))
     fit_args = dict(
       callbacks=fit_callbacks + method.callbacks() + list(callbacks), verbose=verbose, shuffle=False
     )  # The pipeline shuffles deterministically.
@@ -300,7 +309,14 @@ def train(
     step = int(optimizer.iterations.numpy())
   elif mode == "eval":
     run_eval(step)
+  if mode in ("train", "train_and_eval") and step >= total_steps:  # Post-training fit (Laplace).
+    fit_args = dict(dataset=dataset, split=split, preprocess=preprocess, batch_size=eval_batch_size)
+    if posttrain.fit(method, full_network, **fit_args):
+      ckpt.save(step, network, optimizer)  # The fitted state joins the final checkpoint.
+      if mode == "train_and_eval":
+        run_eval(step)
 
+  full_network = averaging.serving_network(full_network, averaged_data)  # SWA/EMA/SWAG.
   export_path = None
   at_end = mode != "eval" and export_at_end and step >= total_steps
   if mode == "export" or (at_end and not calibrate_at_end):  # (`calibrate` exports.)

@@ -507,7 +507,8 @@ def test_keras_round_trip_rep_size_and_tanh_gelu(tmp_path):
     ({"rep_size": 1.5}, "rep_size must be an int >= 0 or a bool"),
     ({"gelu_approximate": "tanh"}, "gelu_approximate must be True"),
     ({"batchnorm_factory": lambda **k: None}, "A ViT has no BatchNorm"),
-    ({"dropout_rate": 0.1}, "placement='last_layer'"),
+    ({"filterwise_dropout": True}, "a ViT has none"),
+    ({"dropout_rate": 1.0}, "dropout_rate must be in"),
   ],
 )
 def test_bad_new_arguments(kwargs, message):

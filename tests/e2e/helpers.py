@@ -28,6 +28,12 @@ CLASSES = {
   "hetsngp": "HetSNGP",
   "be_sngp": "BESNGP",
   "url": "URL",
+  "mimo": "MIMO",
+  "packed": "Packed",
+  "laplace": "Laplace",
+  "rank1": "Rank1",
+  "swag": "SWAG",
+  "variational": "Variational",
 }
 
 

@@ -20,11 +20,24 @@ SMALL = [
   "BatchEnsemble.ensemble_size = 2",
   "ShallowEnsemble.num_heads = 2",
   "MCDropout.num_samples = 4",
+  "MIMO.ensemble_size = 2",
+  "MIMO.batch_repetitions = 2",
+  "Packed.num_estimators = 2",
+  "Rank1.ensemble_size = 2",
+  "Rank1.num_eval_samples = 2",
+  "Rank1.dataset_size = 64",
+  "SWAG.max_num_models = 2",
+  "SWAG.num_samples = 2",
+  "Variational.num_eval_samples = 2",
+  "Variational.dataset_size = 64",
   "train.total_steps = 6",
   "train.eval_every = 6",
   "train.checkpoint_every = 3",
   "train.evaluators = [@ClassificationEvaluator()]",
 ]
+# Methods that need another backbone than tiny.gin's ViT. Packed-Ensembles: a ViT's LayerNorm
+# would mix the members; the MLP (PackedDense) here, tests/layers/test_packed.py packs a ResNet.
+BACKBONE = {"packed": ["build_network.backbone = @mlp", "mlp.width = 32", "mlp.depth = 2"]}
 
 
 def _digits_uint8(n=16):
@@ -37,7 +50,8 @@ def _digits_uint8(n=16):
 @pytest.mark.parametrize("name", sorted(CLASSES))
 def test_method_trains_and_export_matches_in_process(name, tmp_path):
   assert set(CLASSES) == set(methods.METHODS)
-  result = run_inprocess(tmp_path, params=SMALL + [f"train.method = @{CLASSES[name]}()"])
+  params = SMALL + BACKBONE.get(name, []) + [f"train.method = @{CLASSES[name]}()"]
+  result = run_inprocess(tmp_path, params=params)
   assert result["step"] == 6
   assert np.isfinite(result["metrics"]["test/accuracy"])
   images = _digits_uint8()

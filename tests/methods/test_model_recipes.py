@@ -123,11 +123,23 @@ def test_backbone_filterwise_dropout_zeroes_whole_channels_in_the_network():
   assert all_zero.any() and all_kept.any()
 
 
-def test_backbone_mc_dropout_on_wide_resnet_and_clear_error_on_vit():
+def test_backbone_mc_dropout_on_wide_resnet_and_in_every_vit_mlp():
   net = _net(_backbone_mc(), backbone=functools.partial(wide_resnet, 10, 1))
   assert _np(net(_images(), training=False)["logits"]).shape == (2, S, CLASSES)
-  with pytest.raises(ValueError, match="placement='last_layer'"):
-    _net(_backbone_mc(), backbone=TINY_VIT)
+  # ViT: both dropouts of every encoder block's MLP are always-on MC dropout, nothing else.
+  net = _net(_backbone_mc(), backbone=TINY_VIT)
+  mc = sorted(l.name for l in _all_layers(net.backbone) if isinstance(l, MCDropoutLayer))
+  depth = sum(1 for l in _all_layers(net.backbone) if l.name.endswith("_ln_2"))
+  assert depth >= 1 and mc == sorted(
+    f"block{i}_mlp_mc_dropout_{j}" for i in range(depth) for j in (1, 2)
+  )
+  assert all(l.rate == 0.3 for l in _all_layers(net.backbone) if isinstance(l, MCDropoutLayer))
+  logits = _np(net(_images(), training=False)["logits"])
+  assert logits.shape == (2, S, CLASSES)
+  assert not np.allclose(logits[:, 0], logits[:, 1])  # The S samples differ at inference.
+  assert _np(net(_images(), training=True)["logits"]).shape == (2, 1, CLASSES)
+  with pytest.raises(ValueError, match="a ViT has none"):
+    _net(_backbone_mc(filterwise=True), backbone=TINY_VIT)
 
 
 def test_last_layer_placement_is_the_default_and_untouched():

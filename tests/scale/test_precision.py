@@ -57,12 +57,27 @@ COMMON = [
   "BatchEnsemble.ensemble_size = 2",
   "ShallowEnsemble.num_heads = 2",
   "MCDropout.num_samples = 2",
+  "MIMO.ensemble_size = 2",
+  "MIMO.batch_repetitions = 2",
+  "Packed.num_estimators = 2",
   "make_optimizer.name = 'sgd'",  # Fewer optimizer ops per eager step than AdamW.
   "make_optimizer.learning_rate = 0.1",
 ]
 # URL with the HET-XL log-det module (the module with a Cholesky), as its recipe
 # `experiments/url/vitm16_hetxl.gin` trains it.
 EXTRA = {
+  "rank1": ["Rank1.ensemble_size = 2", "Rank1.dataset_size = 64"],
+  "variational": ["Variational.num_eval_samples = 2", "Variational.dataset_size = 64"],
+  "swag": ["SWAG.max_num_models = 2", "SWAG.num_samples = 2"],
+  # Packed-Ensembles needs a convolutional or MLP backbone, not tiny.gin's ViT: the MLP
+  # without dropout (a ResNet still at chance after 2 steps flips more test argmaxes
+  # between dtypes than TOLERANCE allows).
+  "packed": [
+    "build_network.backbone = @mlp",
+    "mlp.width = 32",
+    "mlp.depth = 2",
+    "mlp.dropout = 0.0",
+  ],
   "url": [
     "URL.module = 'hetxl_det'",
     "URL.head = @het_head()",
@@ -88,6 +103,12 @@ SENSITIVE = {
   "hetsngp": ({SN, GP, HET}, ("precision_matrix", "/u")),
   "be_sngp": ({SN, GP, MF}, ("alpha", "gamma", "precision_matrix", "/u")),
   "url": ({HET, LOGDET}, ("uncertainty/scale", "uncertainty/running_mean")),
+  "mimo": (set(), ()),
+  "packed": (set(), ()),
+  "rank1": (set(), ("alpha_mean", "alpha_rho", "gamma_mean", "gamma_rho")),
+  "variational": (set(), ("kernel_mean", "kernel_rho")),
+  "laplace": (set(), ("head/eigvecs_a", "head/eigvals_g", "head/prior_precision")),
+  "swag": (set(), ("weight_average/mean_0", "weight_average/sq_mean_0", "weight_average/dev_0")),
 }
 
 
