@@ -54,7 +54,7 @@ class DeepEnsemble(keras.Model):
   def __init__(self, members, uncertainty="msp", **kwargs):
     super().__init__(**kwargs)
     self.members = list(members)
-    self.score = UncertaintyScore(uncertainty, name="uncertainty")
+    self.score = UncertaintyScore(uncertainty, name="uncertainty", dtype="float32")
 
   def call(self, images, training=False):
     found = [member(images, training=False) for member in self.members]
