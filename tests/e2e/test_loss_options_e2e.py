@@ -22,7 +22,11 @@ COMMON = [
   "outlier_exposure_data.ratio = 1.0",
 ]
 OPTIONS = {
-  "logitnorm": ["train.method = @Deterministic()", "Deterministic.loss = 'logitnorm'"],
+  "logitnorm": [
+    "train.method = @Deterministic()",
+    "Deterministic.loss = 'logitnorm'",
+    "Deterministic.head_init = 'glorot_uniform'",
+  ],
   "focal": ["train.method = @Deterministic()", "Deterministic.loss = 'focal'"],
   # Any method takes a loss option: here MC dropout with outlier exposure.
   "outlier_exposure": [

@@ -3,6 +3,7 @@
 import gin
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_unc.data import get_source, make_dataset, outliers
 from keras_unc.methods import Deterministic, losses
@@ -103,3 +104,14 @@ def test_mix_ratio_marker_and_resume():
   assert x.shape[0] == 24 and (y[8:] == -1).all() and (y[:8] >= 0).all()
   np.testing.assert_array_equal(full[2][0], resumed[0][0])  # same outliers after resume
   np.testing.assert_array_equal(full[2][1], resumed[0][1])
+
+
+def test_logitnorm_refuses_a_zero_head_and_says_which_init_to_set():
+  with pytest.raises(ValueError, match="head_init = 'glorot_uniform'"):
+    Deterministic(loss="logitnorm")
+  assert Deterministic(loss="logitnorm", head_init="glorot_uniform").loss_name == "logitnorm"
+  # Why: at zero logits the normalisation's gradient is ~1 / (tau * 1e-7).
+  logits = tf.Variable(np.zeros((2, 1, 10), np.float32))
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_mean(losses.logitnorm_loss(np.array([0, 3]), logits))
+  assert np.abs(tape.gradient(loss, logits).numpy()).max() > 1e6
