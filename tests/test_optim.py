@@ -55,7 +55,11 @@ def test_bad_optimizer_inputs_are_clear():
     WarmupDecay(1.0, 10, decay="step")
   with pytest.raises(ValueError, match="increasing positive"):
     WarmupDecay(1.0, 10, decay="step", decay_boundaries=(6, 3))
-  with pytest.raises(ValueError, match="only used by decay='step'"):
+  with pytest.raises(ValueError, match="decay_boundaries=\\(s,\\)"):
+    WarmupDecay(1.0, 10, decay="swa")
+  with pytest.raises(ValueError, match="swa_lr / learning_rate"):
+    WarmupDecay(1.0, 10, decay="swa", decay_boundaries=(6,), end_fraction=0.0)
+  with pytest.raises(ValueError, match="only used by decay='step' or 'swa'"):
     WarmupDecay(1.0, 10, decay="cosine", decay_boundaries=(3,))
   with pytest.raises(ValueError, match="warmup_start_lr"):
     make_optimizer(100, warmup_start_lr=-1.0)
@@ -123,3 +127,30 @@ def test_step_schedule_config_roundtrip():
   again = WarmupDecay.from_config(s.get_config())
   assert again.get_config() == s.get_config()
   assert float(again(2 * 61)) == pytest.approx(0.4 * 0.04)
+
+
+def _swa_gaussian_schedule(epoch, lr_init, swa_lr, swa_start):
+  """NumPy transcription of swa_gaussian's `schedule` (wjmaddox/swa_gaussian
+  experiments/train/run_swag.py, with --swa): `t = epoch / swa_start`."""
+  t = epoch / swa_start
+  lr_ratio = swa_lr / lr_init
+  if t <= 0.5:
+    factor = 1.0
+  elif t <= 0.9:
+    factor = 1.0 - (1.0 - lr_ratio) * (t - 0.5) / 0.4
+  else:
+    factor = lr_ratio
+  return lr_init * factor
+
+
+@pytest.mark.parametrize("lr_init,swa_lr,swa_start", [(0.1, 0.05, 161), (0.05, 0.01, 161)])
+def test_swa_decay_matches_swa_gaussian(lr_init, swa_lr, swa_start):
+  # Their epochs are our updates here (the schedule is per update: smoother, same shape).
+  s = WarmupDecay(
+    lr_init, 300, decay="swa", decay_boundaries=(swa_start,), end_fraction=swa_lr / lr_init
+  )
+  steps = [0, 40, 80, 81, 100, 120, 144, 145, 161, 200, 299, 400]
+  got = [float(s(t)) for t in steps]
+  want = [_swa_gaussian_schedule(t, lr_init, swa_lr, swa_start) for t in steps]
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert float(WarmupDecay.from_config(s.get_config())(145)) == pytest.approx(want[7])

@@ -7,7 +7,7 @@ import keras
 from keras import ops
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lamb")
-DECAYS = ("cosine", "linear", "constant", "step")
+DECAYS = ("cosine", "linear", "constant", "step", "swa")
 LR_SCALINGS = ("linear", "sqrt", "none")
 # Variable-name patterns never decayed by the decoupled weight decay.
 WEIGHT_DECAY_EXCLUDED = ("bias", "gamma", "beta", "alpha")
@@ -32,6 +32,12 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     decay_boundaries: "step" decay: the updates (increasing, > 0) at which the learning rate
       is multiplied by `decay_ratio`; from update `b_i` on it is `base_lr * decay_ratio**i`.
     decay_ratio: "step" decay: the factor applied at each boundary.
+      "swa" decay: the schedule of SWA and SWAG (swa_gaussian's `schedule`, Izmailov et al.
+      2018, Maddox et al. 2019): with `decay_boundaries=(s,)`, the update `s` at which weight
+      averaging starts, and `r = end_fraction` (their `swa_lr / lr_init`, 0.5 for their
+      ResNets): `base_lr` until 0.5 s, linear to `r * base_lr` at 0.9 s, then constant, so
+      the averaged iterates keep exploring (a cosine tail freezes them: their covariance,
+      and SWAG with it, collapses).
     warmup_start_lr: learning rate at update 0; the warmup is linear from it to `base_lr`
       (timm's `--warmup-lr`).
     accumulation_steps: forward passes per update (the optimizer's gradient accumulation).
@@ -71,10 +77,22 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         )
       if not math.isfinite(decay_ratio) or decay_ratio < 0:
         raise ValueError(f"make_optimizer.decay_ratio={decay_ratio} must be finite and >= 0.")
+    elif decay == "swa":
+      if len(boundaries) != 1 or boundaries[0] <= 0:
+        raise ValueError(
+          f"make_optimizer.decay='swa' needs make_optimizer.decay_boundaries=(s,), one "
+          f"positive update count: the step at which weight averaging starts (got "
+          f"{boundaries}); e.g. 0.75 x train.total_steps."
+        )
+      if not 0 < end_fraction <= 1:
+        raise ValueError(
+          f"make_optimizer.decay='swa' takes the constant SWA learning rate as "
+          f"make_optimizer.end_fraction (swa_lr / learning_rate, in (0, 1]), got {end_fraction}."
+        )
     elif boundaries:
       raise ValueError(
-        f"make_optimizer.decay_boundaries={boundaries} is only used by decay='step', but "
-        f"decay={decay!r}: set make_optimizer.decay='step' or drop the boundaries."
+        f"make_optimizer.decay_boundaries={boundaries} is only used by decay='step' or "
+        f"'swa', but decay={decay!r}: set make_optimizer.decay or drop the boundaries."
       )
     if int(accumulation_steps) < 1:
       raise ValueError(f"accumulation_steps={accumulation_steps} must be >= 1.")
@@ -94,6 +112,10 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
       factor = ops.ones_like(step)
       for boundary in self.decay_boundaries:
         factor = ops.where(step >= boundary, factor * self.decay_ratio, factor)
+    elif self.decay == "swa":
+      t = step / self.decay_boundaries[0]
+      r = self.end_fraction
+      factor = ops.where(t <= 0.5, 1.0, ops.where(t <= 0.9, 1.0 - (1.0 - r) * (t - 0.5) / 0.4, r))
     else:
       if self.decay == "cosine":
         factor = 0.5 * (1.0 + ops.cos(math.pi * progress))
