@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_unc.data import make_dataset
-from keras_unc.training.ensemble import DeepEnsemble
+from keras_unc.training.deep_ensemble import DeepEnsemble
 from keras_unc.training.weight_average import of, rebuilding, schedule
 
 __all__ = ["bn_update", "of", "schedule", "serving_network"]

@@ -200,6 +200,7 @@ def calibrate(
   components = posthoc_state.ordered(components)
   if network is None:
     network, method, checkpoint = restore.restore_network(workdir)
+    network = restore.served_network(network)  # SWA/EMA/SWAG: what training served.
   dataset = dataset or config.value("train.dataset")
   if dataset.startswith("cached:"):
     raise CalibrationDataError(

@@ -22,17 +22,16 @@ import logging
 import os
 
 import gin
-import keras
 import tensorflow as tf
-from keras import ops
 
 from keras_unc import config
 from keras_unc.evaluators import Predictor
 from keras_unc.evaluators.runner import run_round
-from keras_unc.layers import UncertaintyScore, gaussian_process
+from keras_unc.layers import gaussian_process
 from keras_unc.runtime import checkpoints, files
 from keras_unc.training import export as export_lib
 from keras_unc.training import feature_cache, restore
+from keras_unc.training.deep_ensemble import DeepEnsemble
 
 log = logging.getLogger(__name__)
 
@@ -41,34 +40,6 @@ MANIFEST = "ensemble.json"
 
 class EnsembleMismatchError(ValueError):
   """Ensemble members differ in architecture, method or training data."""
-
-
-class DeepEnsemble(keras.Model):
-  """K trained networks as one: see the module docstring for the outputs.
-
-  Args:
-    members: the member networks (each `images -> output dict`).
-    uncertainty: "msp" or "entropy" of the ensemble predictive.
-  """
-
-  def __init__(self, members, uncertainty="msp", **kwargs):
-    super().__init__(**kwargs)
-    self.members = list(members)
-    self.score = UncertaintyScore(uncertainty, name="uncertainty", dtype="float32")
-
-  def call(self, images, training=False):
-    found = [member(images, training=False) for member in self.members]
-    probs = ops.mean(ops.stack([ops.cast(f["probs"], "float32") for f in found]), axis=0)
-    outputs = {
-      "logits": ops.concatenate([ops.cast(f["logits"], "float32") for f in found], axis=1),
-      "probs": probs,
-      "uncertainty": self.score(probs),
-    }
-    if all("embedding" in f for f in found):
-      outputs["embedding"] = ops.concatenate(
-        [ops.cast(f["embedding"], "float32") for f in found], axis=-1
-      )
-    return outputs
 
 
 def _binding(workdir, name):
@@ -143,7 +114,7 @@ def build_ensemble(members, workdir, *, evaluators=None, export=True, batch_size
   networks, infos, method = [], [], None
   for path in paths:
     network, method, info = restore.restore_network(os.path.dirname(os.path.dirname(path)), path)
-    networks.append(network)
+    networks.append(restore.served_network(network))  # SWA/EMA/SWAG: the served model.
     infos.append(info)
   ensemble = DeepEnsemble(networks, method.uncertainty, name=f"deep_ensemble_{len(networks)}")
   image_shape = tuple(networks[0].inputs[0].shape[1:])

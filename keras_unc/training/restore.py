@@ -10,7 +10,7 @@ from keras_unc import config
 from keras_unc.data import get_source
 from keras_unc.methods import Deterministic, get_method
 from keras_unc.runtime import checkpoints, distribute
-from keras_unc.training import feature_cache
+from keras_unc.training import averaging, feature_cache
 from keras_unc.training.network import build_network
 
 log = logging.getLogger(__name__)
@@ -47,3 +47,18 @@ def restore_network(workdir, checkpoint=None):
       checkpoints.assign(network.variables, arrays, "model", path)
   log.info("Restored %s from %s", network.name, path)
   return network, method, feature_cache.checkpoint_info(path)
+
+
+def served_network(network):
+  """What the trainer evaluated and exported of `network` (`restore_network`'s): for SWA,
+  EMA and SWAG runs the averaged network or the stack of SWAG samples, with BatchNorm
+  statistics recomputed on the training split of the parsed config as the trainer does it
+  (same split, order and batch size, so the same statistics); else `network` itself.
+  Without this the `calibrate` and `ensemble` verbs would fit and export the raw last
+  iterate of such a run, not the model its training evaluated.
+  """
+  if averaging.of(network) is None:
+    return network
+  data = {key: config.value(f"train.{key}") for key in ("split", "preprocess", "batch_size")}
+  data["source"] = get_source(config.value("train.dataset"))
+  return averaging.serving_network(network, data)

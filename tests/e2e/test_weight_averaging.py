@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_unc import config
+from keras_unc.training import restore
 from keras_unc.training import trainer as train_lib
 from tests.e2e.helpers import final_model_arrays, max_abs_diff, run_inprocess
 
@@ -66,3 +67,10 @@ def test_swa_serves_the_averaged_weights(tmp_path):
   np.testing.assert_allclose(
     exported(images=tf.constant(images))["probs"].numpy(), np.asarray(local["probs"]), atol=2e-5
   )
+  # The standalone verbs (`calibrate`, `ensemble`) restore the run and serve the same model,
+  # not the raw last iterate (which predicts differently).
+  raw, _, _ = restore.restore_network(str(tmp_path))
+  again = restore.served_network(raw)
+  want = np.asarray(local["probs"])
+  np.testing.assert_allclose(np.asarray(again(images.astype("float32"))["probs"]), want, atol=1e-6)
+  assert not np.allclose(np.asarray(raw(images.astype("float32"))["probs"]), want, atol=1e-6)
