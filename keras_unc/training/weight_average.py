@@ -1,5 +1,5 @@
-"""The checkpointed state of weight averaging (`training.averaging` serves it): : SWAG (the `swag` method) and the SWA / EMA options
-any method can take.
+"""The checkpointed state of weight averaging (`training.averaging` serves it): SWAG (the
+`swag` method) and the SWA / EMA options any method can take.
 
 - **SWA** (Izmailov et al., "Averaging Weights Leads to Wider Optima and Better
   Generalization", UAI 2018): the running mean of the weights collected every `every` steps
@@ -19,7 +19,7 @@ any method can take.
   reference). `scale = 0.5` is the reference's `sample(scale=0.5, cov=True)` and the paper's
   `theta_SWA + sigma z1 / sqrt(2) + D z2 / sqrt(2 (K - 1))`. Each sample gets BatchNorm
   statistics recomputed on the training split, and the samples become the members of one
-  network (`training.ensemble.DeepEnsemble`: `logits [B, S, C]`, `probs` their mean), so the
+  network (`training.deep_ensemble.DeepEnsemble`: `logits [B, S, C]`, `probs` their mean), so the
   export holds S fixed samples drawn with the recorded `sample_seed` and costs S forwards.
 
 The state (non-trainable float32 variables of a `WeightAverage` layer attached to the network
@@ -30,7 +30,10 @@ and XLA) and evaluates / exports `serving_network(...)`: the averaged or sampled
 training weights keep training). Deviations from the references, on purpose: steps instead of
 epochs (collection every `every` steps); BatchNorm statistics from one pass over the training
 split without augmentation (`train=False`, as the post-training fit), batch variance biased
-(Keras) where torch's running variance is unbiased.
+(Keras) where torch's running variance is unbiased; the learning-rate schedule is the run's
+(`make_optimizer.decay = 'swa'` is swa_gaussian's, `keras_unc.training.optim`). EMA is this
+state rather than Keras' `use_ema` so that it starts at `start`, is served with recomputed
+BatchNorm statistics, and is one code path with SWA and SWAG.
 """
 
 from __future__ import annotations
