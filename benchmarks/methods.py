@@ -25,7 +25,9 @@ CPU cores). Measured on 2 idle cores: deterministic 84 ms per step of 100 and ~2
 for graph building, evaluation and FLOP counting; the other methods cost 1-1.4x per step
 (sngp, hetsngp, heteroscedastic, hetxl, mc_dropout, shallow_ensemble), ~1.7x (plex) and
 ~3.5-4x (batchensemble, be_sngp: 4 members on the tiled batch), ~17x deterministic in all
-per seed: ~14 min per seed, ~43 min for 3 seeds.
+per seed: ~14 min per seed, ~43 min for 3 seeds. The 16 rows of issue 15 (new methods,
+variants and loss options) add ~35 min for 3 seeds on 2 idle cores (rank-1 ~100 s a run,
+SWAG ~60-70 s: S = 10 samples, each with its BatchNorm statistics recomputed).
   * Network: ResNet-18 v1.5 at quarter width (16-128 channels) with the ImageNet stem
     (stride 4): the MNIST demo's network at half its width (on CPU a step costs ~0.7x the
     half-width one per image; small convolutions are overhead-bound), far more than
