@@ -280,8 +280,8 @@ class DenseRank1(_Rank1Base):
     seed: int seed of the layer's `keras.random.SeedGenerator`.
 
   Deviation from edward2's `DenseRank1`: inputs of rank > 2 (ViT tokens) share one factor
-  sample per row over the middle axes (edward2 accepts rank 2 only); no KL annealing here
-  (the method's loss is the plain per-example ELBO).
+  sample per row over the middle axes (edward2 accepts rank 2 only). The KL warm-up of ub
+  is the trainer's (`Rank1.kl_annealing`, `TrainModel.layer_loss_scale`), not the layer's.
 
   Example:
   >>> x = TileMembers(4)(np.zeros([2, 16], "float32"))

@@ -91,6 +91,11 @@ class Method:
     self.uncertainty = uncertainty
     self.label_smoothing = label_smoothing
 
+  # Fraction of train.total_steps over which the trainer warms the layers' losses (the
+  # ELBO's KL of the Bayesian methods) up linearly from 0 to 1, as uncertainty-baselines'
+  # `kl_annealing_epochs` (Bowman et al. 2016); 0 = off. `TrainModel.layer_loss_scale`.
+  kl_annealing = 0.0
+
   @property
   def members(self) -> int:
     """Ensemble size M of the backbone output (1 unless a modifier tiles the batch)."""

@@ -46,6 +46,16 @@ def kl_weight_for(dataset_size, method):
   return 1.0 / dataset_size
 
 
+def check_annealing(value, method):
+  """`kl_annealing` as a float in [0, 1], with a clear error otherwise."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    raise ValueError(
+      f"{method}.kl_annealing={value!r} must be a fraction of train.total_steps in [0, 1] "
+      "(0 = no warm-up; uncertainty-baselines: 200 of 250 epochs = 0.8)."
+    )
+  return float(value)
+
+
 class Rank1Modifier(Modifier):
   """Rank-1 Bayesian Dense/Conv2D layers everywhere; the images tiled M·S times before the
   stem (M in training).
@@ -108,12 +118,15 @@ class Rank1(Method):
     random_sign_init: factor posterior-mean init: > 0 random signs with P(+1) = value
       (ub CIFAR: 0.5), < 0 N(1, value²) (ub ImageNet: -0.5).
     stddev_init: initial posterior stddev of the factors (ub: sqrt(1e-3 / (1 − 1e-3))).
+    kl_annealing: the KL term's weight rises linearly from 0 to 1 over this fraction of
+      `train.total_steps` (ub: `min(1, (step + 1) / (200 epochs))` of 250 epochs: 0.8;
+      0 = the full KL from the first step).
     loss: as `Method` ("member_ce": each member's cross-entropy, as ub).
     uncertainty, label_smoothing: as `Method`.
 
-  Deviations from ub's `rank1_bnn.py`: no KL annealing (ub warms the KL up over 200
-  epochs; its scale is `min(1, step / (200 epochs))`), and S samples per member come from
-  one pass over a batch tiled M·S times (ub: S forward passes). BatchNorm is shared by the
+  Deviations from ub's `rank1_bnn.py`: the KL warm-up is a fraction of the steps (ub: a
+  number of epochs), and S samples per member come from one pass over a batch tiled M·S
+  times (ub: S forward passes). BatchNorm is shared by the
   members (ub's `use_ensemble_bn` default False).
 
   The mixture member logits are averaged in probability space by the shared `Predictive`.
@@ -127,6 +140,7 @@ class Rank1(Method):
     dataset_size: int | None = None,
     random_sign_init: float = 0.5,
     stddev_init: float = RANK1_STDDEV_INIT,
+    kl_annealing: float = 0.8,
     loss: str = "member_ce",
     uncertainty: str = "msp",
     label_smoothing: float = 0.0,
@@ -141,6 +155,7 @@ class Rank1(Method):
     )
     DenseRank1(1, m, **kwargs)  # Checks the layer arguments now, with a clear error.
     self.ensemble_size, self.num_eval_samples = m, s
+    annealing = check_annealing(kl_annealing, "Rank1")
     super().__init__(
       Rank1Linear(m, s, **kwargs),
       [Rank1Modifier(m, s, **kwargs)],
@@ -148,6 +163,7 @@ class Rank1(Method):
       uncertainty=uncertainty,
       label_smoothing=label_smoothing,
     )
+    self.kl_annealing = annealing
 
   def build_head(self, embedding, num_classes):
     logits, extras = self.head(embedding, num_classes, self.members)

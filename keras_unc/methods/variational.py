@@ -22,7 +22,7 @@ from keras_unc.layers.bayesian import Conv2DFlipout, DenseFlipout
 from keras_unc.methods.base import Method
 from keras_unc.methods.heads import Head
 from keras_unc.methods.modifiers import Modifier
-from keras_unc.methods.rank1 import check_count, kl_weight_for
+from keras_unc.methods.rank1 import check_annealing, check_count, kl_weight_for
 from keras_unc.methods.registry import register
 
 
@@ -77,10 +77,12 @@ class Variational(Method):
     dataset_size: number of training examples; the KL is divided by it (required).
     tied_mean: ub's `NormalKLDivergenceWithTiedMean` (prior mean = posterior mean, so only
       the stddev is regularised) instead of the N(0, prior_stddev²) prior.
+    kl_annealing: the KL term's weight rises linearly from 0 to 1 over this fraction of
+      `train.total_steps` (ub: 200 of 250 epochs, 0.8; 0 = the full KL from the start).
     uncertainty, label_smoothing: as `Method`.
 
-  Deviations from ub's `variational_inference.py`: no KL annealing (ub warms the KL up
-  over 200 epochs); the default prior is the zero-mean N(0, prior_stddev²) (ub's tied mean
+  Deviations from ub's `variational_inference.py`: the KL warm-up is a fraction of the
+  steps (ub: a number of epochs); the default prior is the zero-mean N(0, prior_stddev²) (ub's tied mean
   is `tied_mean=True`); biases and BatchNorm are point estimates as in ub; the S test
   samples come from one pass over a batch tiled S times (ub: S forward passes), with
   Flipout's per-example signs and one ΔW draw per layer call shared by the S copies.
@@ -93,10 +95,12 @@ class Variational(Method):
     stddev_init: float = 1e-3,
     dataset_size: int | None = None,
     tied_mean: bool = False,
+    kl_annealing: float = 0.8,
     uncertainty: str = "msp",
     label_smoothing: float = 0.0,
   ):
     s = check_count(num_eval_samples, "Variational.num_eval_samples", "4")
+    annealing = check_annealing(kl_annealing, "Variational")
     kwargs = dict(
       kl_weight=kl_weight_for(dataset_size, "Variational"),
       prior_stddev=prior_stddev,
@@ -111,6 +115,7 @@ class Variational(Method):
       uncertainty=uncertainty,
       label_smoothing=label_smoothing,
     )
+    self.kl_annealing = annealing
 
   def build_head(self, embedding, num_classes):
     logits, extras = self.head(embedding, num_classes, self.members)

@@ -77,6 +77,8 @@ class TrainModel(keras.Model):
     coupled_l2_pattern: regex (`re.search` on variable paths); the default selects what
       uncertainty-baselines' `'kernel' in var.name or 'bias' in var.name` selects: kernels
       and biases, not BatchNorm/LayerNorm scales and offsets nor BatchEnsemble fast weights.
+    total_steps: the run's `train.total_steps`, for the KL warm-up of methods with
+      `kl_annealing` (`layer_loss_scale`); None turns the warm-up off.
   """
 
   def __init__(
@@ -86,9 +88,11 @@ class TrainModel(keras.Model):
     nan_policy="stop",
     coupled_l2=0.0,
     coupled_l2_pattern=COUPLED_L2_PATTERN,
+    total_steps=None,
     **kwargs,
   ):
     super().__init__(**kwargs)
+    self.total_steps = total_steps  # The run's train.total_steps (KL warm-up); None: unknown.
     if nan_policy not in NAN_POLICIES:
       raise ValueError(
         f"Unknown train.nan_policy {nan_policy!r}: choose one of "
@@ -128,10 +132,27 @@ class TrainModel(keras.Model):
       iterator = None
     super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
+  def layer_loss_scale(self):
+    """Weight of the layers' losses in this step: 1, or during `method.kl_annealing`'s
+    warm-up uncertainty-baselines' `min(1, (iterations + 1) / anneal_steps)` (its
+    `rank1_bnn.py` / `variational_inference.py` scale the whole `model.losses` so), with
+    `anneal_steps = kl_annealing * total_steps`. `iterations` is checkpointed: a resumed
+    run continues the warm-up where it stopped.
+    """
+    fraction = getattr(self.method, "kl_annealing", 0.0)
+    optimizer = getattr(self, "optimizer", None)
+    if not fraction or not self.total_steps or optimizer is None:
+      return 1.0
+    steps = max(fraction * self.total_steps, 1.0)
+    done = ops.cast(optimizer.iterations, "float32") + 1.0
+    return ops.minimum(1.0, done / steps)
+
   def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
     loss = _replica_scale(ops.mean(self.method.train_loss(x, y, y_pred)))
-    for extra in self.losses:  # Regularisers of the layers, already replica-scaled.
-      loss = loss + self._aggregate_additional_loss(extra)
+    if self.losses:  # Regularisers of the layers (the ELBO's KL), already replica-scaled.
+      scale = self.layer_loss_scale()
+      for extra in self.losses:
+        loss = loss + scale * self._aggregate_additional_loss(extra)
     if self.coupled_l2:
       loss = loss + _replica_scale(self.coupled_l2 * self.l2_norm_squared())
     return loss

@@ -213,6 +213,7 @@ def train(
       nan_policy=nan_policy,
       coupled_l2=coupled_l2,
       coupled_l2_pattern=coupled_l2_pattern,
+      total_steps=total_steps,
       name="train_model",
     )
     optimizer = optim.make_optimizer(

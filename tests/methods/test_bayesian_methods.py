@@ -13,6 +13,7 @@ from keras_unc.backbones import vit
 from keras_unc.layers.bayesian import DenseFlipout, DenseRank1
 from keras_unc.training import trainer as train_lib
 from keras_unc.training.network import build_network
+from keras_unc.training.train_model import TrainModel
 from tests.e2e.helpers import TINY, run_inprocess
 
 TINY_VIT = functools.partial(
@@ -118,3 +119,39 @@ def test_rank1_noise_resumes_exactly(tmp_path):
     np.testing.assert_array_equal(a, b)
   for a, b in zip(ref["network"].weights, res["network"].weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def _ub_kl_scale(iterations, steps_per_epoch, kl_annealing_epochs):
+  """uncertainty-baselines baselines/cifar/rank1_bnn.py (and variational_inference.py):
+  `kl_scale = min(1, (optimizer.iterations + 1) / (steps_per_epoch * kl_annealing_epochs))`."""
+  return min(1.0, (iterations + 1) / (steps_per_epoch * kl_annealing_epochs))
+
+
+@pytest.mark.parametrize("cls", [methods.Rank1, methods.Variational])
+def test_kl_warm_up_matches_uncertainty_baselines(cls):
+  # ub CIFAR: 250 epochs, KL annealed over 200 -> kl_annealing = 0.8 of the steps.
+  steps_per_epoch, epochs = 10, 250
+  method = cls(dataset_size=40, kl_annealing=200 / 250)
+  model = TrainModel(_net(method), method, total_steps=steps_per_epoch * epochs)
+  model.compile(optimizer=keras.optimizers.SGD(0.1))
+  x, y = _images(), np.array([0, 1, 2, 3])
+  for it in (0, 1, 999, 1998, 1999, 2000, 2499):
+    model.optimizer.iterations.assign(it)
+    got = float(model.layer_loss_scale())
+    assert got == pytest.approx(_ub_kl_scale(it, steps_per_epoch, 200), rel=1e-6)
+  # The scale multiplies the layers' losses (the KL / N) in the training loss, not the CE.
+  model.optimizer.iterations.assign(99)  # Scale 100 / 2000 = 0.05.
+  y_pred = model(x, training=True)
+  kl = float(sum(model.losses))
+  ce = float(np.mean(method.train_loss(x, y, y_pred)))
+  total = float(model.compute_loss(x, y, y_pred))
+  assert kl > 0
+  assert total == pytest.approx(ce + 0.05 * kl, rel=1e-5)
+  off = cls(dataset_size=40, kl_annealing=0.0)
+  assert float(TrainModel(_net(off), off, total_steps=100).layer_loss_scale()) == 1.0
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, "half", True])
+def test_kl_annealing_must_be_a_fraction(value):
+  with pytest.raises(ValueError, match="kl_annealing=.*fraction of train.total_steps"):
+    methods.Rank1(dataset_size=40, kl_annealing=value)
