@@ -9,6 +9,8 @@ is the same with the matrix product replaced by a convolution with the shared ke
 import keras
 from keras import ops
 
+from keras_unc.layers.geometry import Conv2DGeometry, input_features
+
 FAST_WEIGHT_INITIALIZERS = ("random_sign", "normal", "ones")
 
 
@@ -106,15 +108,6 @@ def _per_member(x, scale, shift, ensemble_size):
   if shift is not None:
     y = y + shift[:, None, :]
   return ops.reshape(y, shape)
-
-
-def _pair(value, name):
-  if isinstance(value, int):
-    return (value, value)
-  value = tuple(value)
-  if len(value) != 2:
-    raise ValueError(f"{name} must be an int or a pair, got {value!r}.")
-  return value
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")
@@ -288,14 +281,8 @@ class DenseBatchEnsemble(_BatchEnsembleBase):
     self.units = units
 
   def build(self, input_shape):
-    if len(input_shape) < 2 or input_shape[-1] is None:
-      raise ValueError(
-        f"{self.name} needs inputs of rank >= 2 with a known last dimension, "
-        f"got shape {input_shape}."
-      )
-    d_in = input_shape[-1]
+    d_in = input_features(self, input_shape)
     self._build_weights((d_in, self.units), d_in, self.units)
-    self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: d_in})
 
   def kernel_call(self, inputs, kernel):
     """The layer's output with `kernel` in place of `self.kernel`."""
@@ -309,7 +296,7 @@ class DenseBatchEnsemble(_BatchEnsembleBase):
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")
-class Conv2DBatchEnsemble(_BatchEnsembleBase):
+class Conv2DBatchEnsemble(Conv2DGeometry, _BatchEnsembleBase):
   """2-D convolution of a BatchEnsemble (channels_last): shared kernel, rank-1 fast weights.
 
   Input `[M * B, H, W, C_in]` with member i in rows `[i*B, (i+1)*B)`; member i computes
@@ -349,58 +336,18 @@ class Conv2DBatchEnsemble(_BatchEnsembleBase):
     **kwargs,
   ):  # Other defaults: see the base.
     super().__init__(ensemble_size, *args, **kwargs)
-    self.filters = filters
-    self.kernel_size = _pair(kernel_size, "kernel_size")
-    self.strides = _pair(strides, "strides")
-    self.dilation_rate = _pair(dilation_rate, "dilation_rate")
-    self.padding = padding.lower()
-    if self.padding not in ("valid", "same"):
-      raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}.")
+    self._init_geometry(filters, kernel_size, strides, padding, dilation_rate)
 
   def build(self, input_shape):
-    if len(input_shape) != 4 or input_shape[-1] is None:
-      raise ValueError(
-        f"{self.name} needs [batch, height, width, channels] inputs with known "
-        f"channels, got shape {input_shape}."
-      )
-    c_in = input_shape[-1]
+    c_in = self._input_channels(input_shape)
     self._build_weights((*self.kernel_size, c_in, self.filters), c_in, self.filters)
-    self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: c_in})
-
-  def _conv(self, x, kernel):
-    return ops.conv(
-      x,
-      kernel,
-      strides=self.strides,
-      padding=self.padding,
-      data_format="channels_last",
-      dilation_rate=self.dilation_rate,
-    )
 
   def kernel_call(self, inputs, kernel):
     """The layer's output with `kernel` in place of `self.kernel`."""
     return self._apply(inputs, kernel, self._conv)
 
-  def compute_output_shape(self, input_shape):
-    spatial = []
-    for n, k, s, d in zip(input_shape[1:3], self.kernel_size, self.strides, self.dilation_rate):
-      if n is None:
-        spatial.append(None)
-      elif self.padding == "same":
-        spatial.append(-(-n // s))
-      else:
-        spatial.append((n - d * (k - 1) - 1) // s + 1)
-    return (input_shape[0], *spatial, self.filters)
-
   def get_config(self):
-    return {
-      **super().get_config(),
-      "filters": self.filters,
-      "kernel_size": self.kernel_size,
-      "strides": self.strides,
-      "padding": self.padding,
-      "dilation_rate": self.dilation_rate,
-    }
+    return {**super().get_config(), **self._geometry_config()}
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")

@@ -20,8 +20,8 @@ from keras_unc.layers.batch_ensemble import (
   RandomSign,
   _check_batch,
   _check_ensemble_size,
-  _pair,
 )
+from keras_unc.layers.geometry import Conv2DGeometry, input_features
 
 # uncertainty-baselines' rank-1 posterior stddev init: sqrt(p / (1 − p)) with dropout_rate p=1e-3.
 RANK1_STDDEV_INIT = math.sqrt(1e-3 / (1.0 - 1e-3))
@@ -90,30 +90,9 @@ def _rademacher(shape, seed):
   return ops.where(keras.random.uniform(shape, seed=seed) < 0.5, 1.0, -1.0)
 
 
-def _conv_output_shape(input_shape, kernel_size, strides, dilation_rate, padding, filters):
-  spatial = []
-  for n, k, s, d in zip(input_shape[1:3], kernel_size, strides, dilation_rate):
-    if n is None:
-      spatial.append(None)
-    elif padding == "same":
-      spatial.append(-(-n // s))
-    else:
-      spatial.append((n - d * (k - 1) - 1) // s + 1)
-  return (input_shape[0], *spatial, filters)
-
-
-def _conv_args(kernel_size, strides, padding, dilation_rate, groups):
+def _check_groups(groups):
   if groups != 1:
     raise ValueError(f"Bayesian Conv2D layers support groups=1 only, got groups={groups!r}.")
-  padding = padding.lower()
-  if padding not in ("valid", "same"):
-    raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}.")
-  return (
-    _pair(kernel_size, "kernel_size"),
-    _pair(strides, "strides"),
-    padding,
-    _pair(dilation_rate, "dilation_rate"),
-  )
 
 
 class _Rank1Base(keras.layers.Layer):
@@ -297,14 +276,8 @@ class DenseRank1(_Rank1Base):
     self.units = units
 
   def build(self, input_shape):
-    if len(input_shape) < 2 or input_shape[-1] is None:
-      raise ValueError(
-        f"{self.name} needs inputs of rank >= 2 with a known last dimension, "
-        f"got shape {input_shape}."
-      )
-    d_in = input_shape[-1]
+    d_in = input_features(self, input_shape)
     self._build_weights((d_in, self.units), d_in, self.units)
-    self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: d_in})
 
   def call(self, inputs):
     return self._apply(inputs, ops.matmul)
@@ -317,7 +290,7 @@ class DenseRank1(_Rank1Base):
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")
-class Conv2DRank1(_Rank1Base):
+class Conv2DRank1(Conv2DGeometry, _Rank1Base):
   """2-D convolution of a rank-1 BNN (channels_last): shared kernel, Normal rank-1 factors.
 
   Input `[N, H, W, C_in]`, member i in rows `[i*K, (i+1)*K)`; row n of member i draws
@@ -352,48 +325,18 @@ class Conv2DRank1(_Rank1Base):
     **kwargs,
   ):
     super().__init__(ensemble_size, *args, **kwargs)
-    self.filters = filters
-    self.kernel_size, self.strides, self.padding, self.dilation_rate = _conv_args(
-      kernel_size, strides, padding, dilation_rate, groups
-    )
+    _check_groups(groups)
+    self._init_geometry(filters, kernel_size, strides, padding, dilation_rate)
 
   def build(self, input_shape):
-    if len(input_shape) != 4 or input_shape[-1] is None:
-      raise ValueError(
-        f"{self.name} needs [batch, height, width, channels] inputs with known "
-        f"channels, got shape {input_shape}."
-      )
-    c_in = input_shape[-1]
+    c_in = self._input_channels(input_shape)
     self._build_weights((*self.kernel_size, c_in, self.filters), c_in, self.filters)
-    self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: c_in})
-
-  def _conv(self, x, kernel):
-    return ops.conv(
-      x,
-      kernel,
-      strides=self.strides,
-      padding=self.padding,
-      data_format="channels_last",
-      dilation_rate=self.dilation_rate,
-    )
 
   def call(self, inputs):
     return self._apply(inputs, self._conv)
 
-  def compute_output_shape(self, input_shape):
-    return _conv_output_shape(
-      input_shape, self.kernel_size, self.strides, self.dilation_rate, self.padding, self.filters
-    )
-
   def get_config(self):
-    return {
-      **super().get_config(),
-      "filters": self.filters,
-      "kernel_size": self.kernel_size,
-      "strides": self.strides,
-      "padding": self.padding,
-      "dilation_rate": self.dilation_rate,
-    }
+    return {**super().get_config(), **self._geometry_config()}
 
 
 class _FlipoutBase(keras.layers.Layer):
@@ -528,13 +471,7 @@ class DenseFlipout(_FlipoutBase):
     self.units = units
 
   def build(self, input_shape):
-    if len(input_shape) < 2 or input_shape[-1] is None:
-      raise ValueError(
-        f"{self.name} needs inputs of rank >= 2 with a known last dimension, "
-        f"got shape {input_shape}."
-      )
-    self._build_weights((input_shape[-1], self.units), self.units)
-    self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_shape[-1]})
+    self._build_weights((input_features(self, input_shape), self.units), self.units)
 
   def call(self, inputs):
     return self._apply(inputs, ops.matmul)
@@ -547,7 +484,7 @@ class DenseFlipout(_FlipoutBase):
 
 
 @keras.saving.register_keras_serializable(package="keras_unc")
-class Conv2DFlipout(_FlipoutBase):
+class Conv2DFlipout(Conv2DGeometry, _FlipoutBase):
   """2-D convolution (channels_last) with a mean-field Gaussian kernel, sampled with Flipout.
 
   `y_n = conv(x_n, W_mean) + conv(x_n ∘ a_n, ΔW) ∘ b_n + bias`, with `ΔW = softplus(ρ) ∘ ε`
@@ -579,44 +516,15 @@ class Conv2DFlipout(_FlipoutBase):
     **kwargs,
   ):
     super().__init__(*args, **kwargs)
-    self.filters = filters
-    self.kernel_size, self.strides, self.padding, self.dilation_rate = _conv_args(
-      kernel_size, strides, padding, dilation_rate, groups
-    )
+    _check_groups(groups)
+    self._init_geometry(filters, kernel_size, strides, padding, dilation_rate)
 
   def build(self, input_shape):
-    if len(input_shape) != 4 or input_shape[-1] is None:
-      raise ValueError(
-        f"{self.name} needs [batch, height, width, channels] inputs with known "
-        f"channels, got shape {input_shape}."
-      )
-    self._build_weights((*self.kernel_size, input_shape[-1], self.filters), self.filters)
-    self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: input_shape[-1]})
-
-  def _conv(self, x, kernel):
-    return ops.conv(
-      x,
-      kernel,
-      strides=self.strides,
-      padding=self.padding,
-      data_format="channels_last",
-      dilation_rate=self.dilation_rate,
-    )
+    c_in = self._input_channels(input_shape)
+    self._build_weights((*self.kernel_size, c_in, self.filters), self.filters)
 
   def call(self, inputs):
     return self._apply(inputs, self._conv)
 
-  def compute_output_shape(self, input_shape):
-    return _conv_output_shape(
-      input_shape, self.kernel_size, self.strides, self.dilation_rate, self.padding, self.filters
-    )
-
   def get_config(self):
-    return {
-      **super().get_config(),
-      "filters": self.filters,
-      "kernel_size": self.kernel_size,
-      "strides": self.strides,
-      "padding": self.padding,
-      "dilation_rate": self.dilation_rate,
-    }
+    return {**super().get_config(), **self._geometry_config()}

@@ -20,6 +20,8 @@ the method's head reshapes to `[B, M, W]` instead).
 import keras
 from keras import ops
 
+from keras_unc.layers.geometry import Conv2DGeometry, input_features
+
 IMPLEMENTATIONS = ("split", "grouped")
 
 
@@ -161,12 +163,9 @@ class PackedDense(_PackedBase):
     self.units = units
 
   def build(self, input_shape):
-    if len(input_shape) < 2 or input_shape[-1] is None:
-      raise ValueError(f"{self.name} needs inputs of rank >= 2 with a known last dimension.")
-    c_in = input_shape[-1]
+    c_in = input_features(self, input_shape)
     self.groups, self.out_channels = _widths(self, self.units, c_in)
     self._build_weights((c_in // self.groups, self.out_channels))
-    self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: c_in})
 
   def call(self, inputs):
     x = ops.cast(inputs, self.compute_dtype)
@@ -189,17 +188,8 @@ class PackedDense(_PackedBase):
     return {**super().get_config(), "units": self.units}
 
 
-def _pair(value, name):
-  if isinstance(value, int):
-    return (value, value)
-  value = tuple(value)
-  if len(value) != 2:
-    raise ValueError(f"{name} must be an int or a pair, got {value!r}.")
-  return value
-
-
 @keras.saving.register_keras_serializable(package="keras_unc")
-class PackedConv2D(_PackedBase):
+class PackedConv2D(Conv2DGeometry, _PackedBase):
   """2-D convolution of a Packed-Ensemble (channels_last): a grouped convolution.
 
   Output channels `alpha * filters` (`M * filters` if `last`) in `G = 1 if first else
@@ -245,34 +235,12 @@ class PackedConv2D(_PackedBase):
         f"Unknown implementation {implementation!r}: choose one of {IMPLEMENTATIONS}."
       )
     self.implementation = implementation
-    self.filters = filters
-    self.kernel_size = _pair(kernel_size, "kernel_size")
-    self.strides = _pair(strides, "strides")
-    self.dilation_rate = _pair(dilation_rate, "dilation_rate")
-    self.padding = padding.lower()
-    if self.padding not in ("valid", "same"):
-      raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}.")
+    self._init_geometry(filters, kernel_size, strides, padding, dilation_rate)
 
   def build(self, input_shape):
-    if len(input_shape) != 4 or input_shape[-1] is None:
-      raise ValueError(
-        f"{self.name} needs [batch, height, width, channels] inputs with known channels, "
-        f"got shape {input_shape}."
-      )
-    c_in = input_shape[-1]
+    c_in = self._input_channels(input_shape)
     self.groups, self.out_channels = _widths(self, self.filters, c_in)
     self._build_weights((*self.kernel_size, c_in // self.groups, self.out_channels))
-    self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: c_in})
-
-  def _conv(self, x, kernel):
-    return ops.conv(
-      x,
-      kernel,
-      strides=self.strides,
-      padding=self.padding,
-      data_format="channels_last",
-      dilation_rate=self.dilation_rate,
-    )
 
   def call(self, inputs):
     x = ops.cast(inputs, self.compute_dtype)
@@ -285,24 +253,12 @@ class PackedConv2D(_PackedBase):
     return self._finish(ops.concatenate([self._conv(a, k) for a, k in zip(xs, ks)], axis=-1))
 
   def compute_output_shape(self, input_shape):
-    spatial = []
-    for n, k, s, d in zip(input_shape[1:3], self.kernel_size, self.strides, self.dilation_rate):
-      if n is None:
-        spatial.append(None)
-      elif self.padding == "same":
-        spatial.append(-(-n // s))
-      else:
-        spatial.append((n - d * (k - 1) - 1) // s + 1)
     out = self.filters * (self.num_estimators if self.last else self.alpha)
-    return (input_shape[0], *spatial, int(round(out)))
+    return self._output_shape(input_shape, int(round(out)))
 
   def get_config(self):
     return {
       **super().get_config(),
-      "filters": self.filters,
-      "kernel_size": self.kernel_size,
-      "strides": self.strides,
-      "padding": self.padding,
-      "dilation_rate": self.dilation_rate,
+      **self._geometry_config(),
       "implementation": self.implementation,
     }
