@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import gin
+import keras
 import numpy as np
 
 from keras_unc import config
@@ -41,6 +42,21 @@ def run_inprocess(workdir, mode="train_and_eval", params=(), gin_file=TINY):
   gin.clear_config()  # A previous run in this test finalised (locked) the config.
   config.parse([gin_file], list(params))
   return train_lib.train(str(workdir), mode)
+
+
+class StopAfterFirstEpoch(keras.callbacks.Callback):
+  """Ends `fit` after its first epoch: the trainer's steps up to its first checkpoint."""
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.model.stop_training = True
+
+
+def run_stopped(workdir, params, callback=None, gin_file=TINY):
+  """A `train` run of `params` in `workdir` that `callback` stops early (default
+  `StopAfterFirstEpoch`); `run_inprocess(workdir, "train", params)` then resumes it."""
+  gin.clear_config()
+  config.parse([gin_file], list(params))
+  return train_lib.train(str(workdir), "train", callbacks=[callback or StopAfterFirstEpoch()])
 
 
 def main_command(workdir, *args, gin_file=TINY):

@@ -2,15 +2,11 @@
 trainer with any method, export, and the SavedModel reproduces the in-process network; the
 outlier stream of outlier exposure resumes exactly."""
 
-import gin
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_unc import config
-from keras_unc.training import trainer as train_lib
-from tests.e2e.helpers import TINY, run_inprocess
+from tests.e2e.helpers import run_inprocess, run_stopped
 
 COMMON = [
   "train.total_steps = 6",
@@ -51,11 +47,6 @@ def test_loss_option_trains_and_export_matches_in_process(name, tmp_path):
     np.testing.assert_allclose(served[key].numpy(), np.asarray(local[key]), atol=2e-5, err_msg=key)
 
 
-class _StopAfterFirstEpoch(keras.callbacks.Callback):
-  def on_epoch_end(self, epoch, logs=None):
-    self.model.stop_training = True
-
-
 def test_outlier_exposure_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
   from keras_unc.data import outliers
 
@@ -77,9 +68,7 @@ def test_outlier_exposure_resumes_to_the_uninterrupted_weights(tmp_path, monkeyp
   ]
   ref = run_inprocess(tmp_path / "ref", "train", params)
   assert mixed, "train() never called outliers.mix_outliers with loss='outlier_exposure'"
-  gin.clear_config()
-  config.parse([TINY], params)
-  stopped = train_lib.train(str(tmp_path / "res"), "train", callbacks=[_StopAfterFirstEpoch()])
+  stopped = run_stopped(tmp_path / "res", params)
   assert stopped["step"] == 3
   res = run_inprocess(tmp_path / "res", "train", params)
   assert res["step"] == 6

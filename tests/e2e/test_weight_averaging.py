@@ -1,15 +1,12 @@
 """Weight averaging through the trainer: the SWAG state resumes bit-identically, and SWA's
 evaluation and export see the averaged weights (SavedModel == in-process)."""
 
-import gin
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_unc import config
 from keras_unc.training import restore
-from keras_unc.training import trainer as train_lib
-from tests.e2e.helpers import final_model_arrays, max_abs_diff, run_inprocess
+from tests.e2e.helpers import final_model_arrays, max_abs_diff, run_inprocess, run_stopped
 
 BASE = [
   "train.total_steps = 6",
@@ -34,9 +31,7 @@ class _StopAt(keras.callbacks.Callback):
 def test_swag_state_resumes_bit_identically(tmp_path):
   # Collections at steps 4, 5, 6 (window K=2 rolls); the stopped run saved step 4.
   run_inprocess(tmp_path / "ref", "train", params=BASE + SWAG)
-  gin.clear_config()
-  config.parse(["testing/tiny.gin"], BASE + SWAG)
-  stopped = train_lib.train(str(tmp_path / "res"), "train", callbacks=[_StopAt(4)])
+  stopped = run_stopped(tmp_path / "res", BASE + SWAG, _StopAt(4))
   assert stopped["step"] == 4
   assert stopped["network"].name.startswith("swag_")  # One collection: served as samples.
   run_inprocess(tmp_path / "res", "train", params=BASE + SWAG)

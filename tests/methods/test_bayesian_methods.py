@@ -3,18 +3,16 @@ training loss, the sampled noise resuming exactly, and the errors that name the 
 
 import functools
 
-import gin
 import keras
 import numpy as np
 import pytest
 
-from keras_unc import config, methods
+from keras_unc import methods
 from keras_unc.backbones import vit
 from keras_unc.layers.bayesian import DenseFlipout, DenseRank1
-from keras_unc.training import trainer as train_lib
 from keras_unc.training.network import build_network
 from keras_unc.training.train_model import TrainModel
-from tests.e2e.helpers import TINY, run_inprocess
+from tests.e2e.helpers import run_inprocess, run_stopped
 
 TINY_VIT = functools.partial(
   vit, "Ti/4", width=16, depth=1, mlp_dim=32, num_heads=2, pooling="gap", posemb="sincos2d"
@@ -92,11 +90,6 @@ RESUME = [
 ]
 
 
-class _StopAfterFirstEpoch(keras.callbacks.Callback):
-  def on_epoch_end(self, epoch, logs=None):
-    self.model.stop_training = True
-
-
 def _states(network):
   return [
     np.asarray(layer.seed_generator.state.numpy()) for layer in _bayesian(network, DenseRank1)
@@ -107,9 +100,7 @@ def test_rank1_noise_resumes_exactly(tmp_path):
   # The factor noise comes from per-layer SeedGenerators whose states are checkpointed:
   # stopping at step 2 and resuming ends where the uninterrupted run does.
   ref = run_inprocess(tmp_path / "ref", "train", RESUME)
-  gin.clear_config()
-  config.parse([TINY], RESUME)
-  stopped = train_lib.train(str(tmp_path / "res"), "train", callbacks=[_StopAfterFirstEpoch()])
+  stopped = run_stopped(tmp_path / "res", RESUME)
   assert stopped["step"] == 2
   half = _states(stopped["network"])
   res = run_inprocess(tmp_path / "res", "train", RESUME)

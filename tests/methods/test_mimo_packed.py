@@ -3,16 +3,13 @@ permutations resume exactly, and the errors that name the fix."""
 
 import functools
 
-import gin
-import keras
 import numpy as np
 import pytest
 
-from keras_unc import config, methods
+from keras_unc import methods
 from keras_unc.backbones import resnet, vit
-from keras_unc.training import trainer as train_lib
 from keras_unc.training.network import build_network
-from tests.e2e.helpers import TINY, run_inprocess
+from tests.e2e.helpers import run_inprocess, run_stopped
 
 TINY_VIT = functools.partial(
   vit, "Ti/4", width=16, depth=1, mlp_dim=32, num_heads=2, pooling="gap", posemb="sincos2d"
@@ -71,11 +68,6 @@ RESUME = [
 ]
 
 
-class _StopAfterFirstEpoch(keras.callbacks.Callback):
-  def on_epoch_end(self, epoch, logs=None):
-    self.model.stop_training = True
-
-
 def _seed_state(network):
   return np.asarray(network.get_layer("mimo_input").seed_generator.state.numpy())
 
@@ -84,9 +76,7 @@ def test_mimo_permutations_resume_exactly(tmp_path):
   # The input permutations come from a SeedGenerator whose state is checkpointed: stopping
   # at step 3 and resuming ends where the uninterrupted run does, permutations included.
   ref = run_inprocess(tmp_path / "ref", "train", RESUME)
-  gin.clear_config()
-  config.parse([TINY], RESUME)
-  stopped = train_lib.train(str(tmp_path / "res"), "train", callbacks=[_StopAfterFirstEpoch()])
+  stopped = run_stopped(tmp_path / "res", RESUME)
   assert stopped["step"] == 3
   half = _seed_state(stopped["network"])
   res = run_inprocess(tmp_path / "res", "train", RESUME)

@@ -14,11 +14,10 @@ from keras_unc.layers.batch_ensemble import Conv2DBatchEnsemble, DenseBatchEnsem
 from keras_unc.methods import Deterministic
 from keras_unc.runtime import checkpoints
 from keras_unc.training import optim
-from keras_unc.training import trainer as train_lib
 from keras_unc.training.layerwise import multiplier_for
 from keras_unc.training.network import build_network
 from keras_unc.training.train_model import TrainModel
-from tests.e2e.helpers import TINY, run_inprocess
+from tests.e2e.helpers import run_inprocess, run_stopped
 
 B, N, CLASSES = 4, 3, 5
 
@@ -119,20 +118,13 @@ ACCUM = [
 ]
 
 
-class _StopAfterFirstEpoch(keras.callbacks.Callback):
-  def on_epoch_end(self, epoch, logs=None):
-    self.model.stop_training = True
-
-
 def test_accumulation_resumes_mid_cycle(tmp_path):
   # Checkpoints every 4 forward passes land inside the 3-pass accumulation cycles; the
   # accumulators are optimizer variables, so stopping at pass 4 and rerunning ends with the
   # weights of the uninterrupted run.
   ref = run_inprocess(tmp_path / "ref", "train", ACCUM)
   assert ref["step"] == 12
-  gin.clear_config()
-  config.parse([TINY], ACCUM)
-  stopped = train_lib.train(str(tmp_path / "res"), "train", callbacks=[_StopAfterFirstEpoch()])
+  stopped = run_stopped(tmp_path / "res", ACCUM)
   assert stopped["step"] == 4
   _, arrays, _ = checkpoints.Checkpointer(str(tmp_path / "res" / "checkpoints")).load_latest()
   opt_arrays = [arrays[k] for k in arrays if k.startswith("optimizer/")]
