@@ -4,15 +4,22 @@ import gin
 from keras import ops
 
 
-def softmax_cross_entropy(labels, logits, label_smoothing=0.0):
-  """Cross-entropy of `[B, C]` logits against int labels `[B]` or soft labels `[B, C]`."""
-  logits = ops.cast(logits, "float32")
-  num_classes = logits.shape[-1]
+def soft_labels(labels, num_classes, label_smoothing=0.0):
+  """`[B, C]` float32 targets from int labels `[B]` (one-hot) or soft labels `[B, C]`,
+  smoothed towards uniform by `label_smoothing`.
+  """
   if len(labels.shape) == 1:
     labels = ops.one_hot(ops.cast(labels, "int32"), num_classes)
   labels = ops.cast(labels, "float32")
   if label_smoothing:
     labels = labels * (1.0 - label_smoothing) + label_smoothing / num_classes
+  return labels
+
+
+def softmax_cross_entropy(labels, logits, label_smoothing=0.0):
+  """Cross-entropy of `[B, C]` logits against int labels `[B]` or soft labels `[B, C]`."""
+  logits = ops.cast(logits, "float32")
+  labels = soft_labels(labels, logits.shape[-1], label_smoothing)
   return -ops.sum(labels * ops.log_softmax(logits, axis=-1), axis=-1)
 
 
@@ -117,12 +124,7 @@ def focal_loss(labels, member_logits, label_smoothing=0.0, gamma=3.0, sample_dep
 
   def one(y, logits):
     logits = ops.cast(logits, "float32")
-    num_classes = logits.shape[-1]
-    if len(y.shape) == 1:
-      y = ops.one_hot(ops.cast(y, "int32"), num_classes)
-    y = ops.cast(y, "float32")
-    if label_smoothing:
-      y = y * (1.0 - label_smoothing) + label_smoothing / num_classes
+    y = soft_labels(y, logits.shape[-1], label_smoothing)
     log_p = ops.log_softmax(logits, axis=-1)
     p = ops.exp(log_p)
     if sample_dependent:
