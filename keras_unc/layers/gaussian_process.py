@@ -145,23 +145,34 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
   Variance: `v(x) = s · φ(x)ᵀ (s I + P)⁻¹ φ(x)` with ridge s, as edward2's TF
   `LaplaceRandomFeatureCovariance` (the ridge is added at solve time, so a moving average
   does not decay it), in calls with falsy `training`, through a Cholesky factor of the
-  symmetric positive-definite `s I + P` computed in `solve_dtype`. In exact mode P sums
-  `φφᵀ` over a whole epoch, and its condition number reaches 1e7 to 1e8 (tens of thousands
-  of examples, ridge 1): a float32 factorisation then fails or loses most digits (edward2
-  inverts in float32), so the default is float64; TPUs have no float64, set "float32"
-  there. Training calls return zeros instead and skip the O(D³) factorisation.
+  symmetric positive-definite `s I + P`. Training calls return zeros instead and skip the
+  O(D³) factorisation.
 
-  Covariance cache (TensorFlow backend): inference reuses `L⁻ᵀ` (L the Cholesky factor of
-  `s I + P`, in `solve_dtype`), so a call costs one `[B, D] × [D, D]` matmul, not an O(D³)
-  factorisation. The cache keeps the precision it was computed from; each inference call
-  checks it against `P` (an O(D²) comparison) and solves as above when they differ (after
-  a training update, a reset, a checkpoint restore or any assignment to `P`): the result
-  is the same either way (to float64 rounding). `refresh_covariance_cache()` (the trainer
-  calls `refresh_covariance_caches(network)` before each evaluation) recomputes it
-  eagerly; `serve_from_cache(network)` refreshes it and, while open, builds graphs that
-  read the cache alone (no comparison, no solve), for the SavedModel export. The cache
+  Device numerics (TPU-safe by construction): nothing on the device path computes in
+  float64, which TPUs lack. In exact mode P sums `φφᵀ` over a whole epoch and its condition
+  number reaches 1e7 to 1e8 (tens of thousands of examples, ridge 1): a float32
+  factorisation then fails or loses most digits (edward2 inverts in float32). So the factor
+  is computed on the host, in NumPy, in `solve_dtype` (float64 by default), once per change
+  of P, and the device keeps the float32 result `F = sqrt(s) L⁻ᵀ` (L the Cholesky factor of
+  `s I + P`): a call costs one float32 `[B, D] × [D, D]` matmul, `v = ‖φ F‖²`, and matches
+  the float64 solve to ~1e-7 relative even at condition number 1e6
+  (`tests/layers/test_gaussian_process.py`), because the ill-conditioning lives in the
+  factorisation, not in applying its float32-rounded result.
+
+  Covariance cache (TensorFlow backend): `F` and the precision it was computed from. Each
+  inference call compares the cache's precision with P (an O(D²) comparison, float32) and,
+  when they differ (after a training update, a reset, a checkpoint restore or any assignment
+  to P): an eager call refreshes the cache on the host first; a traced call (inside a
+  `tf.function`) solves on the device in float32 instead, which is exact for a
+  well-conditioned P only. `refresh_covariance_cache()` refreshes it explicitly (the trainer,
+  `calibrate`, `ensemble` and the export call `refresh_covariance_caches(network)` before
+  every evaluation); `serve_from_cache(network)` refreshes it and, while open, builds graphs
+  that read the cache alone (no comparison, no solve), for the SavedModel export. The cache
   variables are not layer weights: neither checkpoints nor `.keras` files hold them, a
-  restored layer starts stale and is refreshed on demand.
+  restored layer starts stale and is refreshed on demand. Under JAX there is no cache (Keras
+  layers there hold no untracked state): every inference call solves in float32 on the
+  device (JAX computes in float32 unless `jax_enable_x64` is set); refresh and serve from a
+  cache are TensorFlow-only.
 
   Distribution: `P` is created with `aggregation="mean"`. Under `tf.distribute` every
   replica updates from its own batch and the assigned values are averaged across the R
@@ -186,7 +197,8 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
     output_bias: add a trainable bias (zeros-initialised) to the logits.
     output_initializer: initializer of β (ub: Glorot uniform, the Keras `Dense` default;
       `RandomNormal(stddev=0.01)` with ub's `gp_output_imagenet_initializer`).
-    solve_dtype: "float64" or "float32", the precision of the variance's Cholesky solve.
+    solve_dtype: "float64" or "float32", the precision of the host factorisation that fills
+      the covariance cache (the device always computes in float32; see above).
     kernel_regularizer: regularizer of β, the output weights.
     seed: integer seed of the random features and of β's initializer, or None.
     **kwargs: base `keras.layers.Layer` arguments.
@@ -249,7 +261,8 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
       )
     if solve_dtype not in ("float64", "float32"):
       raise ValueError(
-        f"solve_dtype must be 'float64' or 'float32', got {solve_dtype!r} (float32 on TPU)."
+        f"solve_dtype must be 'float64' or 'float32', got {solve_dtype!r}: it is the "
+        "precision of the host factorisation (the device always computes in float32)."
       )
     if not kernel_scale > 0:
       raise ValueError(
@@ -329,7 +342,7 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
       initializer="zeros",
     )
     if keras.backend.backend() == "tensorflow":
-      self._cache = _CovarianceCache(d, self.solve_dtype, self.name)
+      self._cache = _CovarianceCache(d, self.name)
     self.built = True
 
   def random_features(self, inputs):
@@ -374,12 +387,16 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
 
   def predictive_variance(self, phi):
     """`s · φᵀ (s I + P)⁻¹ φ` per row of φ `[B, D]`, float32 `[B]`: from the covariance
-    cache when it was computed from the current P, else by a Cholesky solve.
+    cache when it was computed from the current P (refreshed first in an eager call), else
+    by a float32 Cholesky solve on the device.
     """
     cache = self._cache
     if cache is None:
       return self._solved_variance(phi, ops.convert_to_tensor(self.precision_matrix))
     if self._serve_cached:
+      return self._cached_variance(phi)
+    if _eager_single_replica():
+      self.refresh_covariance_cache()  # Host factorisation in solve_dtype, then the matmul.
       return self._cached_variance(phi)
     precision = ops.convert_to_tensor(self.precision_matrix)
     fresh = ops.all(ops.equal(precision, ops.convert_to_tensor(cache.precision)))
@@ -389,38 +406,54 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
       lambda: self._solved_variance(phi, precision),
     )
 
-  def _cholesky(self, precision):
-    """L, the lower Cholesky factor of `s I + P` (P symmetrised), in `solve_dtype`."""
-    dtype = self.solve_dtype
-    precision = ops.cast(precision, dtype)
+  def _solved_variance(self, phi, precision):
+    # The device fallback for a stale cache in a traced call: float32 throughout.
+    precision = ops.cast(precision, "float32")
     precision = 0.5 * (precision + ops.transpose(precision))  # Exactly symmetric.
     s = self.gp_cov_ridge_penalty
-    return ops.cholesky(precision + s * ops.eye(self.num_inducing, dtype=dtype))
-
-  def _solved_variance(self, phi, precision):
-    z = ops.solve_triangular(
-      self._cholesky(precision), ops.transpose(ops.cast(phi, self.solve_dtype)), lower=True
-    )  # L⁻¹ φᵀ, [D, B].
-    return ops.cast(self.gp_cov_ridge_penalty * ops.sum(ops.square(z), axis=0), "float32")
+    chol = ops.cholesky(precision + s * ops.eye(self.num_inducing, dtype="float32"))
+    z = ops.solve_triangular(chol, ops.transpose(ops.cast(phi, "float32")), lower=True)
+    return s * ops.sum(ops.square(z), axis=0)  # L⁻¹ φᵀ is [D, B].
 
   def _cached_variance(self, phi):
-    z = ops.matmul(ops.cast(phi, self.solve_dtype), ops.convert_to_tensor(self._cache.factor))
-    return ops.cast(self.gp_cov_ridge_penalty * ops.sum(ops.square(z), axis=1), "float32")
+    z = ops.matmul(ops.cast(phi, "float32"), ops.convert_to_tensor(self._cache.factor))
+    return ops.sum(ops.square(z), axis=1)
+
+  def host_factor(self, precision):
+    """`sqrt(s) L⁻ᵀ` (float32 `[D, D]`) of a precision P (NumPy), factorised on the host in
+    `solve_dtype`, so that `v(x) = ‖φ(x) F‖²`. Raises a `ValueError` naming the fix when
+    `s I + P` is not positive definite in that precision.
+    """
+    import numpy as np
+    import scipy.linalg
+
+    p = np.asarray(precision, self.solve_dtype)
+    p = 0.5 * (p + p.T)  # Exactly symmetric.
+    s = self.gp_cov_ridge_penalty
+    try:
+      chol = np.linalg.cholesky(p + s * np.eye(self.num_inducing, dtype=self.solve_dtype))
+    except np.linalg.LinAlgError as e:
+      raise ValueError(
+        f"GP layer {self.name!r}: ridge · I + precision is not positive definite in "
+        f"{self.solve_dtype} ({e}); its condition number is too large for "
+        f"gp_cov_ridge_penalty={s}. Raise gp_cov_ridge_penalty, use solve_dtype='float64' "
+        "or a covariance momentum (gp_cov_momentum in (0, 1))."
+      ) from e
+    inverse = scipy.linalg.solve_triangular(chol, np.eye(len(chol), dtype=chol.dtype), lower=True)
+    return (np.sqrt(s) * inverse.T).astype("float32")  # z = φ L⁻ᵀ = (L⁻¹ φᵀ)ᵀ.
 
   def refresh_covariance_cache(self):
     """Recomputes the covariance cache from the current precision matrix if it is stale
-    (eagerly, in cross-replica context: before evaluation or export). Returns whether it did.
+    (eagerly, on the host: `host_factor`; before evaluation or export). Returns whether it
+    did.
     """
     cache = self._cache
     if cache is None:
       return False
-    precision = ops.convert_to_tensor(self.precision_matrix)
-    if bool(ops.all(ops.equal(precision, ops.convert_to_tensor(cache.precision)))):
+    precision = ops.convert_to_numpy(self.precision_matrix)
+    if (precision == ops.convert_to_numpy(cache.precision)).all():
       return False
-    inverse = ops.solve_triangular(
-      self._cholesky(precision), ops.eye(self.num_inducing, dtype=self.solve_dtype), lower=True
-    )
-    cache.assign(precision, ops.transpose(inverse))  # L⁻ᵀ: z = φ L⁻ᵀ = (L⁻¹ φᵀ)ᵀ.
+    cache.assign(precision, self.host_factor(precision))
     return True
 
   @property
@@ -456,12 +489,12 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
 
 
 class _CovarianceCache:
-  """`L⁻ᵀ` (`[D, D]`, `solve_dtype`) and the precision it was computed from (NaN at first:
-  stale). A plain object, so that neither Keras nor TensorFlow tracks its variables as
+  """`sqrt(s) L⁻ᵀ` (`[D, D]`, float32) and the precision it was computed from (NaN at
+  first: stale). A plain object, so that neither Keras nor TensorFlow tracks its variables as
   weights of the layer (checkpoints and `.keras` files keep their layout).
   """
 
-  def __init__(self, d, dtype, name):
+  def __init__(self, d, name):
     import tensorflow as tf
 
     self.strategy = tf.distribute.get_strategy()
@@ -470,7 +503,7 @@ class _CovarianceCache:
         tf.fill([d, d], float("nan")), trainable=False, name=f"{name}_cache_precision"
       )
       self.factor = tf.Variable(
-        tf.zeros([d, d], dtype), trainable=False, name=f"{name}_cache_factor"
+        tf.zeros([d, d], tf.float32), trainable=False, name=f"{name}_cache_factor"
       )
 
   def assign(self, precision, factor):
@@ -480,6 +513,15 @@ class _CovarianceCache:
     with scope:
       self.factor.assign(factor)
       self.precision.assign(precision)
+
+
+def _eager_single_replica():
+  """Whether this call runs eagerly outside a multi-replica `tf.distribute` context (where
+  the host may refresh the covariance cache before the matmul).
+  """
+  import tensorflow as tf
+
+  return tf.executing_eagerly() and tf.distribute.get_strategy().num_replicas_in_sync == 1
 
 
 def gaussian_process_layers(model):

@@ -104,7 +104,7 @@ def set_precision(policy="float32"):
   Under the mixed policies the backbone computes in bfloat16/float16 and every variable is
   float32; the heads, the uncertainty modules and the output layers run in float32 (every
   output of the network is float32), the spectral-norm power iteration and the GP precision
-  and its solve are float32 (the solve float64 by default), and under `mixed_float16` the
+  and variance are float32 (the GP factor is computed on the host in float64), and under `mixed_float16` the
   optimizer gets dynamic loss scaling (`training.optim.make_optimizer`), whose state is
   checkpointed. See docs/tpu.md ("Precision").
 
