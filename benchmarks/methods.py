@@ -69,13 +69,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import gin
 import keras
 import numpy as np
-import tensorflow as tf
 
 import keras_unc
 from keras_unc import metrics
 from keras_unc.evaluators import Predictor
 from keras_unc.methods import METHODS as REGISTERED
 from keras_unc.training import trainer as train_lib
+from keras_unc.training.cost import forward_flops  # The one FLOP counter (also `plan`).
 
 # Registered methods that are not classifiers with a predictive distribution.
 SKIPPED = {"url": "representation method (retrieval/downstream metrics), no class probabilities"}
@@ -122,15 +122,6 @@ class ChunkTimer(keras.callbacks.Callback):
       (t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(self.marks, self.marks[1:]) if s1 > s0
     ]
     return float(np.median(per)) if per else float("nan")
-
-
-def forward_flops(network, input_shape):
-  """Float operations of one forward pass at batch 1 (TF profiler on the graph)."""
-  fn = tf.function(lambda x: network(x, training=False))
-  graph = fn.get_concrete_function(tf.TensorSpec([1, *input_shape], tf.float32)).graph
-  opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-  opts["output"] = "none"
-  return tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops
 
 
 def gin_file(name):

@@ -8,7 +8,7 @@ import sys
 
 from absl import app, flags
 
-from keras_unc.cli import active_learning, cache, calibrate, ensemble, train
+from keras_unc.cli import active_learning, cache, calibrate, ensemble, plan, train
 from keras_unc.cli import flags as common
 
 # verb -> (one line of help, module with define_flags/main, define_flags keyword arguments)
@@ -40,6 +40,11 @@ VERBS = {
   ),
   "cache": ("build or resume a frozen-backbone feature cache (train on cached:DIR)", cache, {}),
   "active-learning": ("run or resume active-learning rounds", active_learning, {}),
+  "plan": (
+    "the cost of a config before training: parameters, FLOPs, memory, wall time",
+    plan,
+    {},
+  ),
 }
 
 
