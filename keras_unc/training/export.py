@@ -30,12 +30,12 @@ def export_saved_model(network, path, input_shape, input_dtype=tf.uint8, posthoc
     return _export(network, path, input_shape, input_dtype, posthoc, caches)
 
 
-def _export(network, path, input_shape, input_dtype, posthoc, caches):
-  archive = keras.export.ExportArchive()
-  archive.track(network)
-  if caches:  # Not layer weights: tracked here so that the SavedModel holds them.
-    archive.add_variable_collection("gp_covariance_caches", caches)
-  layers = [c.layer() for c in posthoc]
+def serving_function(network, layers=()):
+  """The function `serving_default` runs: raw images -> the network's output dict, updated
+  by each post-hoc component's Keras layer in order. Trace it inside `serve_from_cache` (as
+  the export does) to get the served graph (`tests/scale/test_tpu_lint.py` compiles it with
+  XLA for every method).
+  """
 
   def serve(images):
     outputs = dict(network(tf.cast(images, tf.float32), training=False))
@@ -43,6 +43,16 @@ def _export(network, path, input_shape, input_dtype, posthoc, caches):
       outputs.update(layer(outputs))
     return outputs
 
+  return serve
+
+
+def _export(network, path, input_shape, input_dtype, posthoc, caches):
+  archive = keras.export.ExportArchive()
+  archive.track(network)
+  if caches:  # Not layer weights: tracked here so that the SavedModel holds them.
+    archive.add_variable_collection("gp_covariance_caches", caches)
+  layers = [c.layer() for c in posthoc]
+  serve = serving_function(network, layers)
   if layers:  # Built (their weights created) by one call, then tracked with the network.
     serve(tf.zeros([1, *input_shape], input_dtype))
     for layer in layers:
