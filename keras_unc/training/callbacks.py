@@ -27,7 +27,9 @@ class NanGuard(keras.callbacks.Callback):
 
   Reads the flags `train_model.TrainModel` sets inside the train step (loss, gradients,
   parameters; valid under XLA too), falling back to the logged loss; logs the batches
-  that `nan_policy="skip_batch"` skipped.
+  that `nan_policy="skip_batch"` skipped. With `steps_per_execution > 1` it runs once per
+  execution; the step it reports is still exact (recorded by the step itself, and the
+  device loop of `TrainModel.make_train_function` ends there).
   """
 
   def __init__(self):
@@ -75,7 +77,10 @@ class Checkpointing(keras.callbacks.Callback):
 
 
 class ScalarLogger(keras.callbacks.Callback):
-  """Writes training loss, accuracy, learning rate and images/s to TensorBoard."""
+  """Writes training loss, accuracy, learning rate and images/s to TensorBoard every
+  `every` steps: at the end of the batch (one execution of `steps_per_execution` steps)
+  that reaches or passes each multiple of `every`, with that batch's step.
+  """
 
   def __init__(self, writer, every, global_batch_size):
     super().__init__()
@@ -87,8 +92,8 @@ class ScalarLogger(keras.callbacks.Callback):
 
   def on_train_batch_end(self, batch, logs=None):
     step = _step(self.model)
-    if step % self.every:
-      return
+    if step // self.every == self._s0 // self.every:
+      return  # No multiple of `every` in (last logged step, step].
     now = time.perf_counter()
     rate = (step - self._s0) * self.batch / max(now - self._t0, 1e-9)
     self._t0, self._s0 = now, step

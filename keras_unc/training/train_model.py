@@ -1,14 +1,18 @@
 """`TrainModel`: wraps the network for `fit`, taking the per-example loss from the method.
 
 Its train step checks loss, gradients and parameters for NaN/Inf (also under XLA) and
-applies the NaN policy.
+applies the NaN policy. With `steps_per_execution = N > 1` its train function runs N
+steps in one `tf.function` on every strategy (`make_train_function`).
 """
 
+import inspect
+import math
 import re
 
 import keras
 import tensorflow as tf
 from keras import ops
+from keras.src.backend.tensorflow.trainer import reduce_per_replica
 
 from keras_unc.training.optim import loss_scale_variables
 
@@ -117,6 +121,99 @@ class TrainModel(keras.Model):
 
   def call(self, images, training=False):
     return self.network(images, training=training)
+
+  def fit(self, *args, **kwargs):
+    """`keras.Model.fit`; with `steps_per_execution > 1` no execution crosses the end of an
+    epoch (`steps_per_epoch`), so callbacks acting at epoch ends (checkpoints, evaluation)
+    see the exact step, and a method callback acting every `every` steps between two
+    executions (the GP precision reset) is refused unless it falls on an execution start.
+    """
+    args_of = inspect.signature(super().fit).bind(*args, **kwargs).arguments
+    per_epoch = args_of.get("steps_per_epoch")
+    if self.steps_per_execution > 1 and per_epoch:
+      epochs = args_of.get("epochs", 1) - args_of.get("initial_epoch", 0)
+      self._check_periods(int(self.optimizer.iterations.numpy()), per_epoch, epochs)
+    self._epoch_position = (per_epoch, 0)  # (steps per epoch, steps run in this epoch)
+    return super().fit(*args, **kwargs)
+
+  def _check_periods(self, start, per_epoch, epochs):
+    """Refuses a method callback period (`every`) whose steps fall inside an execution."""
+    n = self.steps_per_execution
+    for callback in self.method.callbacks():
+      every = getattr(callback, "every", None)
+      if not every:
+        continue
+      first = math.ceil(start / every) * every
+      for at in range(first, start + epochs * per_epoch, every):
+        if (at - start) % per_epoch % n:
+          raise ValueError(
+            f"train.steps_per_execution={n}: {type(callback).__name__} of {self.method.name} "
+            f"acts every {every} steps (e.g. gp_head.reset_every) between two executions, "
+            f"but step {at} falls inside one (epochs of {per_epoch} steps from step {start}). "
+            f"Set train.steps_per_execution to a divisor of {math.gcd(every, per_epoch)}."
+          )
+
+  def _next_execution(self):
+    """Steps of the next execution: `steps_per_execution`, cut at the end of the epoch."""
+    per_epoch, done = getattr(self, "_epoch_position", (None, 0))
+    n = self.steps_per_execution
+    if per_epoch:
+      n = min(n, per_epoch - done)
+      self._epoch_position = (per_epoch, (done + n) % per_epoch)
+    return n
+
+  def make_train_function(self, force=False):
+    """Keras' train function; with `steps_per_execution = N > 1`, a device loop of N replica
+    steps (`strategy.run(train_step)` on `next(iterator)`, as uncertainty-baselines'
+    `steps_per_loop`) in one `tf.function`, bit-identical to N single steps.
+
+    Keras 3.15's own loop puts each step in a `tf.cond` (on `get_next_as_optional`), and a
+    cross-replica collective inside a `tf.cond` branch fails under MirroredStrategy ("You
+    must feed a value for placeholder tensor 'while/cond/Placeholder'"): every distributed
+    train step all-reduces its gradients. This loop has no `cond`: the training input is
+    infinite and `fit` asks for exact step counts (`_next_execution`). It ends early after
+    a fatal non-finite step (`nonfinite_step`, agreed by all replicas), so training stops
+    at that step as with single steps.
+    """
+    if self.steps_per_execution == 1:
+      return super().make_train_function(force)
+    if self.train_function is not None and not force:
+      return self.train_function
+    strategy = self.distribute_strategy
+
+    compiled = not self.run_eagerly
+
+    @tf.autograph.experimental.do_not_convert
+    def one_step_on_data(data):  # Keras' one step, XLA-compiled alike.
+      outputs = strategy.run(self.train_step, args=(data,))
+      return reduce_per_replica(outputs, strategy, reduction="auto")
+
+    if compiled:
+      one_step_on_data = tf.function(
+        one_step_on_data, reduce_retracing=True, jit_compile=self.jit_compile
+      )
+    one_step = self._autoconvert_optionals(one_step_on_data)
+
+    @tf.autograph.experimental.do_not_convert
+    def steps(iterator, count):
+      outputs = one_step(next(iterator))
+      _, outputs = tf.while_loop(
+        lambda i, _: tf.logical_and(i < count, self.nonfinite_step < 0),
+        lambda i, _: (i + 1, one_step(next(iterator))),
+        (tf.constant(1), outputs),
+      )
+      return outputs
+
+    steps = tf.function(steps, reduce_retracing=True) if compiled else steps
+    keras_function = self._make_function(self.train_step)
+
+    def function(iterator):
+      if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
+        return steps(iterator, tf.constant(self._next_execution()))
+      return keras_function(iterator)  # A Python iterator (`train_on_batch`): Keras' loop.
+
+    self.train_function = function
+    return function
 
   def _maybe_symbolic_build(self, iterator=None, data_batch=None):
     # Keras MEAN-reduces a first (images, labels) batch only to learn its shapes; the

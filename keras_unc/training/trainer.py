@@ -176,14 +176,16 @@ def train(
     allow_recipe_change=allow_recipe_change,
     distributed=strategy is not tf.distribute.get_strategy(),
   )
-  if replicas > 1 and steps_per_execution > 1:
-    # Keras 3.15 cannot run a multi-step loop on distributed iterators.
-    log.warning(
-      "steps_per_execution=%d is not supported with %d replicas; using 1.",
-      steps_per_execution,
-      replicas,
+  # steps_per_execution = N > 1: N train steps per host call on every strategy, replicas
+  # included (a device loop on the distributed iterator: TrainModel.make_train_function),
+  # bit-identical to N single steps. Executions are cut at epoch ends, so checkpoints,
+  # evaluations and the end of training keep their exact steps; callbacks see one batch
+  # per execution (the step counter is `optimizer.iterations`).
+  if int(steps_per_execution) < 1:
+    raise ValueError(
+      f"train.steps_per_execution={steps_per_execution} must be >= 1 (the train steps run "
+      "per host call; 1 = one step per call)."
     )
-    steps_per_execution = 1
   eval_every = eval_every or total_steps
   checkpoint_every = checkpoint_every or eval_every
   # Keras "epochs" are the largest interval that divides every event's period.

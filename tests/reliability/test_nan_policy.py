@@ -62,7 +62,7 @@ class _PoisonGradLoss(Deterministic):
     return poison(super().loss(labels, outputs))
 
 
-def _model(policy, method=None, jit_compile=True):
+def _model(policy, method=None, jit_compile=True, steps_per_execution=1):
   """A small network in the output convention (fast to XLA-compile) in `TrainModel`."""
   keras.utils.set_random_seed(0)
   method = method or Deterministic()
@@ -71,7 +71,11 @@ def _model(policy, method=None, jit_compile=True):
   x = keras.layers.BatchNormalization()(x)  # Float layer state that skip_batch restores.
   net = keras.Model(images, method.build_head(x, 10))
   model = TrainModel(net, method, nan_policy=policy)
-  model.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=jit_compile)
+  model.compile(
+    optimizer=keras.optimizers.AdamW(1e-3),
+    jit_compile=jit_compile,
+    steps_per_execution=steps_per_execution,
+  )
   assert model.jit_compile == jit_compile, "XLA is off: the test would not test what it claims"
   return model
 
@@ -121,11 +125,14 @@ def _same(a, b):
   return all(np.array_equal(u, v, equal_nan=True) for u, v in zip(a, b))
 
 
-def test_stop_on_nonfinite_batch_names_step():
-  model = _model("stop")
+@pytest.mark.parametrize("steps_per_execution", [1, 5])
+def test_stop_on_nonfinite_batch_names_step(steps_per_execution):
+  model = _model("stop", steps_per_execution=steps_per_execution)
   guard, rec = _fit(model, _batches(nan_batch=BAD, value=np.inf))
   assert guard.bad_step == BAD + 1 and guard.bad_what & NONFINITE_LOSS
-  assert len(rec.states) == BAD + 1  # Stopped right after the bad step.
+  # Stopped right after the bad step, also when it is inside an execution (steps 1-5).
+  assert int(model.optimizer.iterations.numpy()) == BAD + 1
+  assert len(rec.states) == (BAD + 1 if steps_per_execution == 1 else 1)
 
 
 def test_skip_batch_leaves_weights_and_optimizer_unchanged():
