@@ -171,9 +171,12 @@ class TrainModel(keras.Model):
     cross-replica collective inside a `tf.cond` branch fails under MirroredStrategy ("You
     must feed a value for placeholder tensor 'while/cond/Placeholder'"): every distributed
     train step all-reduces its gradients. This loop has no `cond`: the training input is
-    infinite and `fit` asks for exact step counts (`_next_execution`). It ends early after
-    a fatal non-finite step (`nonfinite_step`, agreed by all replicas), so training stops
-    at that step as with single steps.
+    infinite and `fit` asks for exact step counts (`_next_execution`). The loop reads
+    nothing back from the device between steps (a condition on a device value would be a
+    host round trip per step, what the loop exists to avoid): after a fatal non-finite
+    step (`nan_policy = "stop"`) it runs to the end of its execution, the first bad step
+    is still the one reported (`nonfinite_step`), no checkpoint is written after it, and
+    the weights were already non-finite.
     """
     if self.steps_per_execution == 1:
       return super().make_train_function(force)
@@ -198,7 +201,7 @@ class TrainModel(keras.Model):
     def steps(iterator, count):
       outputs = one_step(next(iterator))
       _, outputs = tf.while_loop(
-        lambda i, _: tf.logical_and(i < count, self.nonfinite_step < 0),
+        lambda i, _: i < count,
         lambda i, _: (i + 1, one_step(next(iterator))),
         (tf.constant(1), outputs),
       )
