@@ -150,6 +150,7 @@ def plan(accelerator="tpu_v4", chips=1, mfu=0.4, num_classes=None):
     cost.check_target(accelerator, chips, mfu)
   except ValueError as e:
     raise PlanError(str(e)) from e
+  _without_weight_files()  # Before the method is built: its head initialiser may read files.
   dataset = _required("train.dataset")
   total_steps = _required("train.total_steps")
   batch_size = config.value("train.batch_size")
@@ -180,7 +181,6 @@ def plan(accelerator="tpu_v4", chips=1, mfu=0.4, num_classes=None):
     )
   except ValueError as e:
     raise PlanError(f"{e} (planned on {replicas} replicas: --chips={chips} {accelerator}).") from e
-  _without_weight_files()
   previous = keras.config.dtype_policy()
   try:
     policy = distribute.set_precision()

@@ -52,6 +52,7 @@ class Accelerator:
 
 
 ACCELERATORS = {
+  "tpu_v2": Accelerator("TPU v2 chip (2 TensorCores)", 45.0, 45.0, 2, 8.0),
   "tpu_v3": Accelerator("TPU v3 chip (2 TensorCores)", 123.0, 123.0, 2, 16.0),
   "tpu_v4": Accelerator("TPU v4 chip", 275.0, 275.0, 1, 32.0),
   "tpu_v5e": Accelerator("TPU v5e chip", 197.0, 197.0, 1, 16.0),
