@@ -15,8 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_unc.data import Source, get_source, make_dataset
+from keras_unc.runtime import xla
 
 LABELS = "__labels__"  # Key under which the labels travel through the predict function.
+VALID = "__valid__"  # Key of the mask of real (not padding) rows.
 
 
 def to_input_dtype(images, dtype):
@@ -31,12 +33,40 @@ def to_input_dtype(images, dtype):
   return tf.cast(images, dtype)
 
 
-class _LabelledPredict(keras.Model):
-  """Keras' own predict loop over `(images, labels)` batches, returning both.
+def pad_batches(ds, rows):
+  """Pads every `(images, labels)` batch of `ds` to `rows` rows, adding a `valid` mask.
 
-  `predict_step` runs the network on the images and passes the labels through, so one
-  `predict` call reads every split once and keeps labels aligned with the outputs
-  (distribution strategies, partial batches and concatenation are Keras').
+  All batches then have one static shape `[rows, ...]`: the predict function is traced
+  and XLA-compiled once (a partial last batch would recompile, and TPUs need static
+  shapes), as uncertainty-baselines and big_vision pad evaluation. Padding rows are zeros
+  with `valid = False`.
+
+  Args:
+    ds: a dataset of `(images, labels)` batches of at most `rows` rows; `labels` any nest.
+    rows: the padded batch size.
+
+  Returns:
+    A dataset of `(images, labels, valid)` with `valid` a boolean `[rows]`.
+  """
+
+  def pad(images, labels):
+    n = tf.shape(images)[0]
+
+    def fill(x):
+      x = tf.pad(x, [[0, rows - n]] + [[0, 0]] * (x.shape.rank - 1))
+      return tf.ensure_shape(x, [rows, *x.shape[1:]])
+
+    return fill(images), tf.nest.map_structure(fill, labels), tf.range(rows) < n
+
+  return ds.map(pad)
+
+
+class _LabelledPredict(keras.Model):
+  """Keras' own predict loop over padded `(images, labels, valid)` batches.
+
+  `predict_step` runs the network on the images and passes the labels and the mask of
+  real rows through, so one `predict` call reads every split once and keeps labels aligned
+  with the outputs (distribution strategies and concatenation are Keras').
   """
 
   def __init__(self, network, image_dtype="float32", jit_compile=False):
@@ -44,11 +74,12 @@ class _LabelledPredict(keras.Model):
     self.network = network
     self.image_dtype = image_dtype
     self.compile(jit_compile=jit_compile)
+    xla.check_jit_compile(self, jit_compile, "Predictor.jit_compile")
 
   def predict_step(self, data):
-    images, labels = data
+    images, labels, valid = data
     outputs = self.network(to_input_dtype(images, self.image_dtype), training=False)
-    return {**outputs, LABELS: labels}
+    return {**outputs, LABELS: labels, VALID: valid}
 
 
 @gin.configurable(denylist=["network"])
@@ -57,7 +88,17 @@ class Predictor:
 
   Each `(dataset, split, preprocess)` is read in a single pass: batches of
   `(images, labels)` go through Keras' compiled predict function, which returns the
-  network outputs together with the labels of the same batch.
+  network outputs together with the labels of the same batch. Every batch is padded to
+  `batch_size` rows (rounded up to a multiple of the replicas) and the padding rows are
+  dropped from the results (`pad_batches`): the function sees one static shape.
+
+  Padding leaves the real rows' outputs unchanged for networks without inference noise
+  (to float rounding). Methods that sample at inference draw noise for the padded batch:
+  with TensorFlow's kernels a per-row draw `[B, ...]` (heteroscedastic heads) keeps the real
+  rows' samples, while a draw over a member- or sample-tiled batch (MC dropout, Plex,
+  rank-1, variational) gives the last batch's real rows other samples, equal in
+  distribution; so does every normal draw under `jit_compile` (XLA's draws depend on the
+  whole shape). Measured in `tests/evaluators/test_predictor.py`.
 
   Args:
     network: a Keras model (or any callable `network(images, training=False)` returning
@@ -92,6 +133,14 @@ class Predictor:
     name = dataset if isinstance(dataset, str) else ("source", id(dataset))
     return (name, split, preprocess)
 
+  def on(self, network):
+    """A new `Predictor` of `network` with this one's settings (e.g. for a served copy)."""
+    return Predictor(network, self.batch_size, self.jit_compile)
+
+  def _strategy(self):
+    strategy = getattr(self.network, "distribute_strategy", None)
+    return strategy or tf.distribute.get_strategy()
+
   def _dataset(self, key, dataset):
     if key not in self._datasets:  # Built once, reused every round.
       _, split, preprocess = key
@@ -100,14 +149,14 @@ class Predictor:
       if ds.cardinality() == tf.data.UNKNOWN_CARDINALITY:  # e.g. generators: tell Keras.
         batches = -(-source.num_examples(split) // self.batch_size)
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+      replicas = self._strategy().num_replicas_in_sync  # Equal static per-replica batches.
+      ds = pad_batches(ds, -(-self.batch_size // replicas) * replicas)
       self._datasets[key] = (ds, dataset)
     return self._datasets[key][0]
 
   def _predict_model(self):
     if self._model is None:
-      strategy = getattr(self.network, "distribute_strategy", None)
-      strategy = strategy or tf.distribute.get_strategy()
-      with strategy.scope():
+      with self._strategy().scope():
         self._model = _LabelledPredict(
           self.network, getattr(self.network, "image_dtype", "float32"), self.jit_compile
         )
@@ -123,8 +172,9 @@ class Predictor:
     ds = self._dataset(key, dataset)
     found = self._predict_model().predict(ds, verbose=0)
     self.passes += 1
-    labels = np.asarray(found.pop(LABELS))
-    result = ({k: np.asarray(v) for k, v in found.items()}, labels)
+    valid = np.asarray(found.pop(VALID), bool)
+    labels = np.asarray(found.pop(LABELS))[valid]
+    result = ({k: np.asarray(v)[valid] for k, v in found.items()}, labels)
     if cache:
       self._cache[key] = result
     return result

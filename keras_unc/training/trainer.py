@@ -24,7 +24,14 @@ from keras_unc.evaluators import Evaluator, Predictor
 from keras_unc.evaluators.runner import run_round
 from keras_unc.layers import gaussian_process
 from keras_unc.methods import Deterministic, Method, get_method
-from keras_unc.runtime import best_checkpoint, checkpoints, distribute, preemption, workdir_lock
+from keras_unc.runtime import (
+  best_checkpoint,
+  checkpoints,
+  distribute,
+  preemption,
+  workdir_lock,
+  xla,
+)
 from keras_unc.training import averaging, export, feature_cache, optim, posttrain
 from keras_unc.training import callbacks as cbs
 from keras_unc.training.network import build_network
@@ -112,8 +119,10 @@ def train(
     evaluators: evaluators run every `eval_every` steps and in `mode=eval`.
     eval_batch_size: batch size of evaluation.
     seed: seeds initialisation, data order and augmentation.
-    steps_per_execution, jit_compile: passed to `compile`.
-    deterministic_ops: enable TF op determinism (bit-identical resume tests).
+    steps_per_execution, jit_compile: passed to `compile`; `jit_compile` also XLA-compiles
+      evaluation (`Predictor`). A `jit_compile = True` that Keras would drop is an error.
+    deterministic_ops: enable TF op determinism (bit-identical resume tests); refused
+      together with `jit_compile` (op determinism disables XLA).
     warm_start: checkpoint folder whose model weights initialise a fresh run.
     adapt_checkpoint: allow `warm_start` from another method or architecture: variables
       are matched by layer and weight name, shared weights copied (broadcast over
@@ -155,8 +164,7 @@ def train(
     raise ValueError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
   os.makedirs(workdir, exist_ok=True)
   keras.utils.set_random_seed(seed)
-  if deterministic_ops:
-    tf.config.experimental.enable_op_determinism()
+  xla.set_op_determinism(deterministic_ops, jit_compile)  # Refused together (no XLA).
   distribute.set_precision()
   strategy = distribute.get_strategy()
   # Only the chief writes workdir; other workers of a multi-worker job write a scratch folder.
@@ -225,6 +233,7 @@ def train(
     model.compile(
       optimizer=optimizer, steps_per_execution=steps_per_execution, jit_compile=jit_compile
     )
+    xla.check_jit_compile(model, jit_compile, "train.jit_compile")  # Never silently off.
     check_trainable(model, mode)
     averaging.schedule(full_network, total_steps, cached)  # SWA/EMA/SWAG (weight averaging).
     optimizer.build(model.trainable_variables)
@@ -239,7 +248,7 @@ def train(
   eval_writer = tf.summary.create_file_writer(os.path.join(workdir, "eval"))
   config.save_operative_config(workdir, writer)
 
-  predictor = Predictor(full_network, eval_batch_size)
+  predictor = Predictor(full_network, eval_batch_size, jit_compile=jit_compile)
   averaged_data = dict(source=source, split=split, preprocess=preprocess, batch_size=batch_size)
   last = {}
   best = (
@@ -251,7 +260,7 @@ def train(
     extra = best and (lambda found: best.update(at_step, found, network, optimizer, ckpt))
     served = averaging.serving_network(full_network, averaged_data)  # Averaged/SWAG samples.
     gaussian_process.refresh_covariance_caches(served)
-    use = predictor if served is full_network else Predictor(served, eval_batch_size)
+    use = predictor if served is full_network else predictor.on(served)
     found = run_round(evaluators, use, workdir, eval_writer, at_step, extra=extra)
     if found:
       last.clear()
