@@ -12,12 +12,28 @@ Methods, heads, modifiers, backbones and evaluators are plain classes and functi
 keyword arguments (`keras_unc.methods`, `keras_unc.backbones`, `keras_unc.evaluators`);
 gin binds exactly those arguments. The attributes below load lazily, so importing a
 subpackage (e.g. `keras_unc.metrics`) does not import the trainer.
+
+Backends: the trainer, evaluators and export need TensorFlow, so where TensorFlow is
+installed and `KERAS_BACKEND` is unset this sets it to "tensorflow". `keras_unc.layers`,
+`keras_unc.backbones` and the method heads (`keras_unc.methods.heads`) also run under
+Keras' JAX backend and import without TensorFlow: set `KERAS_BACKEND=jax` before the first
+`import keras` (without TensorFlow and without the variable, Keras' own default applies).
 """
 
+import importlib.util as _importlib_util
 import os as _os
 
+
+def _tensorflow_installed():
+  try:
+    return _importlib_util.find_spec("tensorflow") is not None
+  except ImportError:  # An import hook that refuses TensorFlow (tests/layers/test_jax_backend.py).
+    return False
+
+
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-_os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+if _tensorflow_installed():
+  _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 __version__ = "0.1.0"
 __all__ = ["calibrate", "configure", "ensemble", "load", "train"]

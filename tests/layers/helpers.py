@@ -13,9 +13,22 @@ import numbers
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 _MIXED = "mixed_bfloat16"
+
+# Python source that makes `import tensorflow` (and tensorflow_datasets) fail in the process
+# that runs it first: a stand-in for a machine with JAX and no TensorFlow (`python -c`).
+BLOCK_TENSORFLOW = """
+import importlib.abc, sys
+
+class _NoTensorFlow(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.partition(".")[0] in ("tensorflow", "tensorflow_datasets"):
+      raise ImportError(f"{name}: this process stands for a machine without TensorFlow")
+    return None
+
+sys.meta_path.insert(0, _NoTensorFlow())
+"""
 
 
 @dataclasses.dataclass
@@ -75,9 +88,15 @@ def run_layer_test(
        the output dtypes (float32 or bfloat16, see `mixed_precision_output_dtype`) are
        reported in the returned `LayerTestReport`.
     5. training: on a fresh float32 layer, the loss `Σ mean(float32(output))` of one
-       `training=True` call under `tf.GradientTape` has a finite gradient for every
-       trainable weight, and one `keras.optimizers.SGD(0.1)` step changes at least one of
-       them. Skipped for layers without trainable weights.
+       `training=True` call has a finite gradient for every trainable weight, and one
+       `keras.optimizers.SGD(0.1)` step changes at least one of them. Skipped for layers
+       without trainable weights. The gradient is the backend's own: `tf.GradientTape`
+       under TensorFlow, `jax.grad` of the call inside a `keras.StatelessScope` under JAX.
+       JAX has no None gradient: there "no gradient reaches" means every trainable weight's
+       gradient is exactly zero (TensorFlow's run of the same test checks each weight).
+
+  The harness runs under Keras' TensorFlow and JAX backends (`KERAS_BACKEND`) and imports
+  neither itself: `tests/layers/test_jax_backend.py` runs the layer tests under JAX.
 
   Args:
     layer_cls: the layer class.
@@ -134,6 +153,52 @@ def run_layer_test(
     with _phase(name, "gradient"):
       _check_training_step(name, layer_cls, init_kwargs, input_data, call_kwargs)
   return report
+
+
+def run_model_test(build, input_data, *, tmp_path, name=None, **checks):
+  """`run_layer_test` for a functional model that `build()` returns (a backbone, or a head
+  on a `keras.Input` embedding): the same five checks, with the model as the layer.
+
+  The config round trip rebuilds it with `keras.Model.from_config`; the mixed-precision
+  check calls `build()` again with `mixed_bfloat16` as Keras' global dtype policy (restored
+  afterwards), which is how a backbone or head is built for mixed precision.
+
+  Args:
+    build: a function of no arguments returning a fresh functional `keras.Model`.
+    input_data: as in `run_layer_test`.
+    tmp_path: pytest's `tmp_path`.
+    name: the name in failure messages (default: `build.__name__`).
+    **checks: the other keyword arguments of `run_layer_test` (expected counts, shapes,
+      `deterministic`, `atol`, which checks to run).
+
+  Returns:
+    A `LayerTestReport` whose `layer` and `loaded_layer` are models.
+  """
+  return run_layer_test(_ModelBuilder(build, name), {}, input_data, tmp_path=tmp_path, **checks)
+
+
+class _ModelBuilder:
+  """`build` in the place of a layer class: called with an optional `dtype` (the global
+  dtype policy while it builds); `from_config` is the functional model's.
+  """
+
+  def __init__(self, build, name=None):
+    self.build = build
+    self.__name__ = name or getattr(build, "__name__", "model")
+
+  def __call__(self, dtype=None):
+    if dtype is None:
+      return self.build()
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype)
+    try:
+      return self.build()
+    finally:
+      keras.config.set_dtype_policy(previous)
+
+  @staticmethod
+  def from_config(config):
+    return keras.Model.from_config(config)
 
 
 @contextlib.contextmanager
@@ -261,10 +326,12 @@ def _seed_generators(layer):
 
 def _copy_state(source, target):
   """Assigns the weights and seed-generator states of `source` to `target` (same structure)."""
+  # Through NumPy: a copy, not the same buffer. Under JAX `assign(src)` would share the array,
+  # and a jitted `predict` of the target (which donates its state) would delete the source's.
   for src, dst in zip(source.weights, target.weights):
-    dst.assign(src)
+    dst.assign(_np(src))
   for src, dst in zip(_seed_generators(source), _seed_generators(target)):
-    dst.state.assign(src.state)
+    dst.state.assign(_np(src.state))
 
 
 def _assert_close(name, check, got, expected, atol):
@@ -317,7 +384,8 @@ def _check_config_round_trip(name, layer_cls, layer, init_kwargs, input_data, ca
     f"{name}: config check failed: get_config() stores other values (given, stored): {changed}."
   )
   clone = layer_cls.from_config(copy.deepcopy(config))  # Wrapper.from_config pops "layer".
-  assert clone.get_config() == config, (
+  # As JSON (tuples as lists): a functional model's from_config gives lists for tuples.
+  assert _json_like(clone.get_config()) == _json_like(config), (
     f"{name}: config check failed: from_config(get_config()).get_config() differs:\n"
     f"{clone.get_config()}\n!=\n{config}"
   )
@@ -422,6 +490,46 @@ def _check_mixed_precision(name, layer_cls, init_kwargs, input_data, call_kwargs
   return dtypes
 
 
+def _loss(outputs):
+  """`Σ mean(float32(output))`, the scalar the gradient check differentiates."""
+  return sum(keras.ops.mean(keras.ops.cast(o, "float32")) for o in _flat(outputs))
+
+
+def _gradients(layer, data, call_kwargs):
+  """d loss / d trainable weights of one `training=True` call, with the backend's autodiff.
+
+  None marks a weight the loss does not reach (TensorFlow's convention; under JAX, an
+  exactly zero gradient).
+  """
+  variables = list(layer.trainable_variables)
+  backend = keras.backend.backend()
+  if backend == "tensorflow":
+    import tensorflow as tf  # Only this backend's tape; the JAX run needs no TensorFlow.
+
+    with tf.GradientTape() as tape:
+      loss = _loss(_call(layer, data, call_kwargs, training=True))
+    return tape.gradient(loss, variables)
+  if backend == "jax":
+    import jax
+
+    fixed = [(v, v.value) for v in layer.non_trainable_variables]
+
+    def loss_fn(trainable):
+      # `Layer.__call__` inside a StatelessScope (what `stateless_call` does around `call`),
+      # so that `training` reaches only the layers whose `call` takes it.
+      with keras.StatelessScope(state_mapping=[*zip(variables, trainable), *fixed]):
+        return _loss(_call(layer, data, call_kwargs, training=True))
+
+    grads = jax.grad(loss_fn)([v.value for v in variables])
+    # JAX has no None gradient, and one exactly zero gradient can be right (a weight behind
+    # a zero-initialised scale, a bias under a LayerNorm): only all of them zero counts.
+    return [None] * len(grads) if not any(np.any(_np(g)) for g in grads) else grads
+  raise NotImplementedError(
+    f"run_layer_test's gradient check supports the tensorflow and jax backends, not "
+    f"KERAS_BACKEND={backend!r}; pass run_training_check=False or add the backend here."
+  )
+
+
 def _check_training_step(name, layer_cls, init_kwargs, input_data, call_kwargs):
   layer = _instantiate(layer_cls, init_kwargs)
   data = keras.tree.map_structure(keras.ops.convert_to_tensor, input_data)
@@ -429,10 +537,7 @@ def _check_training_step(name, layer_cls, init_kwargs, input_data, call_kwargs):
   variables = list(layer.trainable_variables)
   if not variables:
     return
-  with tf.GradientTape() as tape:
-    outputs = _flat(_call(layer, data, call_kwargs, training=True))
-    loss = tf.add_n([tf.reduce_mean(tf.cast(o, "float32")) for o in outputs])
-  grads = tape.gradient(loss, variables)
+  grads = _gradients(layer, data, call_kwargs)
   missing = [v.path for v, g in zip(variables, grads) if g is None]
   assert not missing, (
     f"{name}: gradient check failed: no gradient reaches the trainable weights {missing}."
