@@ -61,7 +61,7 @@ def _reasons(model):
 
 
 def check_jit_compile(model, asked, setting="jit_compile"):
-  """Raises unless the compiled Keras `model` XLA-compiles exactly when `asked`.
+  """Raises if XLA was `asked` for but the compiled Keras `model` would run without it.
 
   Args:
     model: a compiled `keras.Model`.
