@@ -364,8 +364,11 @@ class BatchNormBatchEnsemble(keras.layers.Layer):
 
   This is uncertainty-baselines' `use_ensemble_bn=True` (edward2 `EnsembleSyncBatchNorm`,
   `resnet50_batchensemble.py`, `resnet50_sngp_be.py`): one BatchNorm per member, so the
-  members' activation statistics are not pooled. Deviation: the statistics are per replica
-  (as Keras' BatchNormalization), where edward2 averages them across TPU replicas.
+  members' activation statistics are not pooled. Deviation: under `tf.distribute` the
+  statistics are per replica (as Keras' BatchNormalization), where edward2 averages them
+  across TPU replicas. Under Keras' JAX backend one program sees the global batch (a batch
+  sharded by `keras.distribution.DataParallel` is reduced across devices by XLA), so
+  there the statistics are over the global batch, as edward2's.
 
   Args:
     ensemble_size: M, the number of members.

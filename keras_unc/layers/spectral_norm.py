@@ -63,7 +63,9 @@ class SpectralNormalization(keras.layers.Wrapper):
   the result; any other call uses the stored `u` unchanged (σ = ‖W u‖ in both cases).
   `u` is created with `aggregation="only_first_replica"`: every replica computes the same
   `u` from the same mirrored kernel, and this is the mode under which `assign` inside
-  `tf.distribute.MirroredStrategy.run` works without an all-reduce.
+  `tf.distribute.MirroredStrategy.run` works without an all-reduce. Under Keras' JAX
+  backend there are no per-replica copies (one program over the global batch) and the
+  aggregation mode has no effect: there is one `u`.
 
   Mixed precision: the power iteration, σ and `W̃` are computed in float32 from the float32
   kernel (in a nested float32 layer: Keras would otherwise read the kernel in the compute
