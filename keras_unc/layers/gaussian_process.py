@@ -198,7 +198,9 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
     output_initializer: initializer of β (ub: Glorot uniform, the Keras `Dense` default;
       `RandomNormal(stddev=0.01)` with ub's `gp_output_imagenet_initializer`).
     solve_dtype: "float64" or "float32", the precision of the host factorisation that fills
-      the covariance cache (the device always computes in float32; see above).
+      the covariance cache (the device always computes in float32; see above); None (the
+      default) is "float64" under TensorFlow and "float32" under JAX, which has no host
+      factorisation: "float64" is refused there.
     kernel_regularizer: regularizer of β, the output weights.
     seed: integer seed of the random features and of β's initializer, or None.
     **kwargs: base `keras.layers.Layer` arguments.
@@ -228,7 +230,7 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
     output_bias=False,
     output_initializer="glorot_uniform",
     kernel_regularizer=None,
-    solve_dtype="float64",
+    solve_dtype=None,
     seed=None,
     **kwargs,
   ):
@@ -259,11 +261,20 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
         f"gp_cov_ridge_penalty must be > 0, got {gp_cov_ridge_penalty!r}: the "
         "covariance is (ridge · I + P)⁻¹ and needs a positive ridge."
       )
-    if solve_dtype not in ("float64", "float32"):
+    if solve_dtype not in (None, "float64", "float32"):
       raise ValueError(
         f"solve_dtype must be 'float64' or 'float32', got {solve_dtype!r}: it is the "
         "precision of the host factorisation (the device always computes in float32)."
       )
+    tensorflow = keras.backend.backend() == "tensorflow"
+    if solve_dtype == "float64" and not tensorflow:
+      raise ValueError(
+        f"solve_dtype='float64' needs the TensorFlow backend (the host factorisation of the "
+        f"covariance cache); under {keras.backend.backend()} the variance is solved on the "
+        "device in float32: pass solve_dtype='float32' or None."
+      )
+    self._solve_dtype_arg = solve_dtype  # As given (the config), resolved below.
+    solve_dtype = solve_dtype or ("float64" if tensorflow else "float32")
     if not kernel_scale > 0:
       raise ValueError(
         f"kernel_scale must be > 0, got {kernel_scale!r}: it is the RBF "
@@ -483,7 +494,7 @@ class RandomFeatureGaussianProcess(keras.layers.Layer):
       "output_bias": self.output_bias,
       "output_initializer": keras.initializers.serialize(self.output_initializer),
       "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-      "solve_dtype": self.solve_dtype,
+      "solve_dtype": self._solve_dtype_arg,
       "seed": self.seed,
     }
 

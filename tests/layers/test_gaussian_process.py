@@ -536,3 +536,9 @@ def test_mirrored_inference_reads_the_refreshed_cache():
     np.testing.assert_allclose(np.concatenate([f.numpy() for f in found]), want, rtol=rtol)
   for replica_value in strategy.experimental_local_results(layer._cache.factor):
     np.testing.assert_array_equal(replica_value.numpy(), layer._cache.factor.numpy())
+
+
+def test_solve_dtype_default_is_the_float64_host_factorisation_under_tensorflow():
+  layer = RandomFeatureGaussianProcess(C)
+  assert layer.solve_dtype == "float64" and layer.get_config()["solve_dtype"] is None
+  assert RandomFeatureGaussianProcess(C, solve_dtype="float32").solve_dtype == "float32"

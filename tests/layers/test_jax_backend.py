@@ -57,6 +57,7 @@ JAX_CI_TESTS = [
   f"{THIS}::test_head_on_jax",
   f"{THIS}::test_backbone_on_jax[vit]",
   f"{THIS}::test_backbone_on_jax[mlp]",
+  f"{THIS}::test_gp_solve_dtype_on_jax",
 ]
 # KERAS_UNC_JAX_TESTS=all: every harness case of tests/layers (less one that only TensorFlow
 # can fail: under JAX a float32 op on a bfloat16 operand promotes instead of raising) and
@@ -274,3 +275,14 @@ def test_backbone_on_jax(name, build, input_shape, output_shape, tmp_path):
   run_model_test(
     build, x, tmp_path=tmp_path, name=name, expected_output_shape=output_shape, atol=1e-4
   )
+
+
+@jax_only
+def test_gp_solve_dtype_on_jax():
+  # No host factorisation under JAX: the default resolves to a float32 device solve, and an
+  # explicit float64 request (which would not be honoured) is refused with the fix.
+  from keras_unc.layers.gaussian_process import RandomFeatureGaussianProcess
+
+  assert RandomFeatureGaussianProcess(3).solve_dtype == "float32"
+  with pytest.raises(ValueError, match="needs the TensorFlow backend.*solve_dtype='float32'"):
+    RandomFeatureGaussianProcess(3, solve_dtype="float64")
