@@ -20,6 +20,7 @@ from keras_unc.training.network import build_network
 from tests.e2e.helpers import CLASSES, TINY
 from tests.evaluators.helpers import FakeNet, digits, direct
 from tests.scale.test_precision import COMMON, EXTRA
+from tests.scale.test_xla import determinism_restored, xla_allowed  # noqa: F401 (fixtures)
 
 
 @dataclasses.dataclass
@@ -171,6 +172,7 @@ def _recorded_network(seed):
   return net, recorder
 
 
+@pytest.mark.usefixtures("xla_allowed")  # (Keras drops XLA under op determinism.)
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_padded_batches_are_static_and_equal_unpadded(jit_compile):
   # 297 = 2 x 128 + 41: the last batch is padded with 87 rows, masked out of the results.

@@ -47,9 +47,16 @@ XLA = [
 
 @pytest.fixture
 def determinism_restored():
+  """Op determinism (process-wide; tiny.gin's runs enable it) as before the test."""
   was = tf_config.is_op_determinism_enabled()
   yield
   (tf_config.enable_op_determinism if was else tf_config.disable_op_determinism)()
+
+
+@pytest.fixture
+def xla_allowed(determinism_restored):
+  """Op determinism off for the test (Keras drops XLA under it), restored afterwards."""
+  tf_config.disable_op_determinism()
 
 
 def _in_xla():
