@@ -33,6 +33,9 @@ def _clear_gin():
 # kept, so module-scoped fixtures are still built once per worker.
 SLOW_FIRST = (
   "tests/scale/test_multi_worker.py",
+  "tests/layers/test_jax_backend.py",
+  "tests/scale/test_multistep.py",
+  "tests/test_benchmark_accelerator.py",
   "tests/test_readme_example.py",
   "tests/reliability/test_fault_injection.py",
   "tests/e2e/test_resume.py",

@@ -36,13 +36,23 @@ HLO_HOST = re.compile(
 )
 GP_METHODS = ("sngp", "hetsngp", "be_sngp")
 # Variants that add state updated inside the train step (weight averaging) to a method.
-# and TPUs' precision policy to the methods with the most float32-pinned state.
+# and TPUs' precision policy to the methods with the most float32-pinned state, and URL's
+# sampling losses.
 BF16 = ["set_precision.policy = 'mixed_bfloat16'"]
 VARIANTS = {
   "deterministic+swa": ("deterministic", ["weight_averaging.kind = 'swa'"]),
   "sngp@mixed_bfloat16": ("sngp", BF16),
   "hetsngp@mixed_bfloat16": ("hetsngp", BF16),
   "url@mixed_bfloat16": ("url", BF16),
+  # URL's losses that sample a vMF (Wood's sampler, its Beta proposal from Gamma draws).
+  "url+nivmf": (
+    "url",
+    ["URL.loss = 'nivmf'", "URL.head = None", "URL.module = 'pred_net'", "URL.mc_samples = 4"],
+  ),
+  "url+hib": (
+    "url",
+    ["URL.loss = 'hib'", "URL.head = None", "URL.module = 'pred_net'", "URL.mc_samples = 4"],
+  ),
 }
 
 

@@ -81,6 +81,33 @@ def test_vmf_samples_are_unit_with_the_right_mean_resultant_length():
   np.testing.assert_allclose((mean * mu).sum(-1), expected, atol=0.02)
 
 
+@pytest.mark.parametrize("alpha", [1.0, 7.5, 383.5])
+def test_gamma_sampler_matches_scipy(alpha):
+  # The XLA-compilable Marsaglia-Tsang draw (the Beta proposal of the vMF sampler) against
+  # SciPy's Gamma(alpha) by a Kolmogorov-Smirnov test, and its first two moments.
+  from scipy import stats
+
+  x = np.asarray(vmf.sample_gamma((20000,), alpha, keras.random.SeedGenerator(1)), np.float64)
+  assert stats.kstest(x, stats.gamma(alpha).cdf).pvalue > 1e-3
+  assert x.mean() == pytest.approx(alpha, rel=0.02) and x.var() == pytest.approx(alpha, rel=0.1)
+  with pytest.raises(ValueError, match="alpha >= 1"):
+    vmf.sample_gamma((2,), 0.5, 0)
+
+
+def test_vmf_sampler_compiles_with_xla():
+  # No Gamma kernel (TensorFlow's stateless Gamma has no XLA kernel): the sampling losses
+  # run on TPUs.
+  import tensorflow as tf
+
+  seed = keras.random.SeedGenerator(0)
+  mu = _unit(np.random.default_rng(0).normal(size=(2, 8))).astype("float32")
+  sample = tf.function(lambda m, k: vmf.sample_vmf(m, k, 3, seed), jit_compile=True)
+  kappa = np.array([5.0, 50.0], "float32")
+  out = sample(mu, kappa).numpy()
+  assert out.shape == (3, 2, 8) and np.allclose(np.linalg.norm(out, axis=-1), 1.0, atol=1e-5)
+  assert "f64[" not in sample.experimental_get_compiler_ir(mu, kappa)(stage="hlo")
+
+
 def test_elk_by_hand():
   rng = np.random.default_rng(1)
   dim = 8

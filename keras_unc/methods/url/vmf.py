@@ -53,6 +53,38 @@ def log_vmf_norm_const(kappa, dim):
   return nu * ops.log(kappa) - (dim / 2.0) * math.log(2.0 * math.pi) - log_bessel_iv(nu, kappa)
 
 
+def sample_gamma(shape, alpha, seed, candidates=8):
+  """Gamma(`alpha`, 1) draws of `shape` (float32), `alpha >= 1`, by Marsaglia and Tsang's
+  rejection sampler with `candidates` proposals drawn at once (the first accepted is kept,
+  the last if none is: acceptance is >= 0.95 per proposal for alpha >= 1, so that happens
+  with probability < 1e-10), so there is no data-dependent loop and no Gamma kernel: the
+  draw is XLA-compilable (TensorFlow's stateless Gamma is not).
+
+  Reference: Marsaglia and Tsang, "A Simple Method for Generating Gamma Variables", ACM
+  TOMS 2000.
+
+  Args:
+    shape: output shape.
+    alpha: the shape parameter (a Python float >= 1).
+    seed: a `keras.random.SeedGenerator` (or int).
+    candidates: proposals per draw.
+  """
+  if alpha < 1.0:
+    raise ValueError(f"sample_gamma needs alpha >= 1, got {alpha} (embedding dimension >= 3).")
+  d = alpha - 1.0 / 3.0
+  c = 1.0 / math.sqrt(9.0 * d)
+  z = keras.random.normal((*shape, candidates), seed=seed)
+  u = keras.random.uniform((*shape, candidates), minval=1e-12, maxval=1.0, seed=seed)
+  v = (1.0 + c * z) ** 3
+  positive = v > 0.0
+  safe_v = ops.where(positive, v, 1.0)
+  accept = positive & (ops.log(u) < 0.5 * z * z + d - d * safe_v + d * ops.log(safe_v))
+  index = ops.where(
+    ops.any(accept, axis=-1), ops.argmax(ops.cast(accept, "int32"), axis=-1), candidates - 1
+  )
+  return d * ops.sum(safe_v * ops.one_hot(index, candidates), axis=-1)
+
+
 def sample_vmf(mu, kappa, num_samples, seed, candidates=16):
   """Reparameterised vMF samples `[S, B, D]` around unit `mu` `[B, D]`, `kappa` `[B]`.
 
@@ -62,9 +94,10 @@ def sample_vmf(mu, kappa, num_samples, seed, candidates=16):
   so there is no data-dependent loop. The tangent part is uniform; a Householder
   reflection maps e₁ to `mu`. Gradients reach `mu` through the reflection and `kappa`
   through `w`, as in the reference sampler (which also does not differentiate the
-  acceptance step). The Beta draw (`keras.random.beta`, a stateless Gamma in TensorFlow)
-  has no XLA kernel: losses that sample (nivMF, HIB, MCInfoNCE) need
-  `train.jit_compile = False` (the default).
+  acceptance step). The Beta proposal is `X / (X + Y)` of two Gamma(½(D−1)) draws from
+  `sample_gamma` (normal and uniform draws only), not `keras.random.beta`, whose stateless
+  Gamma has no XLA kernel in TensorFlow: so the sampling losses (nivMF, HIB, MCInfoNCE)
+  compile with XLA and run on TPUs.
 
   Args:
     mu: unit mean directions `[B, D]`.
@@ -84,7 +117,8 @@ def sample_vmf(mu, kappa, num_samples, seed, candidates=16):
   a = (m1 + 2.0 * k + root) / 4.0
   d = 4.0 * a * b / (1.0 + b) - m1 * math.log(m1)
   shape = (num_samples, batch, candidates)
-  eps = keras.random.beta(shape, m1 / 2.0, m1 / 2.0, seed=seed)
+  x = sample_gamma(shape, m1 / 2.0, seed)
+  eps = x / (x + sample_gamma(shape, m1 / 2.0, seed))
   u = keras.random.uniform(shape, minval=1e-12, maxval=1.0, seed=seed)
   eps = ops.stop_gradient(eps)
   w = (1.0 - (1.0 + b) * eps) / (1.0 - (1.0 - b) * eps)
