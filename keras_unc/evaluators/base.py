@@ -79,7 +79,9 @@ class _LabelledPredict(keras.Model):
   def predict_step(self, data):
     images, labels, valid = data
     outputs = self.network(to_input_dtype(images, self.image_dtype), training=False)
-    return {**outputs, LABELS: labels, VALID: valid}
+    # int32, not bool: MultiWorkerMirroredStrategy gathers predict outputs with collectives,
+    # which take no bool (tests/scale/test_multi_worker.py evaluates on two workers).
+    return {**outputs, LABELS: labels, VALID: tf.cast(valid, tf.int32)}
 
 
 @gin.configurable(denylist=["network"])
