@@ -140,9 +140,8 @@ def plan(accelerator="tpu_v4", chips=1, mfu=0.4, num_classes=None):
   import keras
 
   from keras_unc import config
-  from keras_unc.methods import Deterministic, get_method
   from keras_unc.runtime import distribute
-  from keras_unc.training import cost, optim
+  from keras_unc.training import cost, optim, restore
   from keras_unc.training.network import build_network
   from keras_unc.transfer.distill import Distill
 
@@ -159,8 +158,7 @@ def plan(accelerator="tpu_v4", chips=1, mfu=0.4, num_classes=None):
   channels = network_args.get("num_channels") or config.value("build_network.num_channels")
   size = image_size if isinstance(image_size, int) else max(image_size)
   classes, shape = _metadata(dataset, num_classes, size, channels)
-  method = config.query("train.method")
-  method = get_method(method) if isinstance(method, str) else (method or Deterministic())
+  method = restore.configured_method()
   optimizer_args = config.query("train.optimizer") or {}
   accumulation = int(
     optimizer_args.get("gradient_accumulation_steps")

@@ -47,4 +47,14 @@ __all__ = [
   "heads",
   "modifiers",
   "register",
+  "resolve_method",
 ]
+
+
+def resolve_method(method):
+  """A `Method` from `train.method`'s forms: a registered name, a `Method`, or None (the
+  deterministic baseline).
+  """
+  if isinstance(method, str):
+    return get_method(method)
+  return method or Deterministic()

@@ -28,8 +28,9 @@ class NanGuard(keras.callbacks.Callback):
   Reads the flags `train_model.TrainModel` sets inside the train step (loss, gradients,
   parameters; valid under XLA too), falling back to the logged loss; logs the batches
   that `nan_policy="skip_batch"` skipped. With `steps_per_execution > 1` it runs once per
-  execution; the step it reports is still exact (recorded by the step itself, and the
-  device loop of `TrainModel.make_train_function` ends there).
+  execution; the step it reports is still exact (recorded by the step itself; the device
+  loop of `TrainModel.make_train_function` runs to the end of that execution, and nothing
+  is saved after it).
   """
 
   def __init__(self):

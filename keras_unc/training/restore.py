@@ -8,7 +8,7 @@ import logging
 
 from keras_unc import config
 from keras_unc.data import get_source
-from keras_unc.methods import Deterministic, get_method
+from keras_unc.methods import resolve_method
 from keras_unc.runtime import checkpoints, distribute
 from keras_unc.training import averaging, feature_cache
 from keras_unc.training.network import build_network
@@ -21,7 +21,7 @@ def configured_method():
   deterministic.
   """
   method = config.query("train.method")
-  return get_method(method) if isinstance(method, str) else (method or Deterministic())
+  return resolve_method(method)
 
 
 def restore_network(workdir, checkpoint=None):

@@ -23,7 +23,7 @@ from keras_unc.data import get_source, make_dataset, outliers
 from keras_unc.evaluators import Evaluator, Predictor
 from keras_unc.evaluators.runner import run_round
 from keras_unc.layers import gaussian_process
-from keras_unc.methods import Deterministic, Method, get_method
+from keras_unc.methods import Method, resolve_method
 from keras_unc.runtime import (
   best_checkpoint,
   checkpoints,
@@ -172,7 +172,7 @@ def train(
   # Two runs never write one workdir (released by the kernel if this process dies).
   lock = workdir_lock.acquire(workdir, strategy) if mode in ("train", "train_and_eval") else None
   replicas = strategy.num_replicas_in_sync
-  method = get_method(method) if isinstance(method, str) else (method or Deterministic())
+  method = resolve_method(method)
   plan = optim.batch_plan(
     batch_size,
     replicas,
